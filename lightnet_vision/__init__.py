@@ -1,0 +1,1 @@
+"""LightNet vision models trained with PyTorch Lightning."""

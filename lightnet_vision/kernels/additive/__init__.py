@@ -1,0 +1,3 @@
+from lightnet_vision.kernels.additive.pytorch import additive_attention
+
+__all__ = ["additive_attention"]

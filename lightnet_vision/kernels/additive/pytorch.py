@@ -1,0 +1,104 @@
+"""Additive attention of LightNet (arXiv 2405.21022) in plain PyTorch: linear in N, no N×N matrix, fp32 normaliser."""
+
+import torch
+from torch import Tensor
+
+
+def _expand(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
+    # MD-LRPE: [x cos Θ, x sin Θ], or x unchanged without angles.
+    if cos is None:
+        return x
+    return torch.cat([x * cos, x * sin], dim=-1)  # [B, N, H, 2K]
+
+
+def _duplicate(x: Tensor, rotated: bool) -> Tensor:
+    # A per-channel factor of k̄ applies to both halves [k̄ cos Θ, k̄ sin Θ] of the expanded key.
+    return torch.cat([x, x], dim=-1) if rotated else x
+
+
+def _non_causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
+    k_bar = torch.softmax(k, dim=1)  # [B, N, H, K], log-sum-exp over the N tokens per channel
+    state = torch.einsum("bnhk,bnhv->bhkv", _expand(k_bar, cos, sin), v)  # [B, H, K', V]
+    return torch.einsum("bnhk,bhkv->bnhv", _expand(q, cos, sin), state)  # [B, N, H, V]
+
+
+def _causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, chunk_size: int) -> Tensor:
+    batch, n, heads, _ = k.shape
+    # The running log-normaliser z_t = logcumsumexp_{s<=t} k_s is kept as m_t + r_t: the running maximum m_t (exact)
+    # plus a small r_t in [0, log N] from a float64 scan. A single fp32 z of magnitude 1e4 would have an ulp of
+    # 1e-3 and ruin the key gradients of large logits.
+    m = torch.cummax(k, dim=1).values  # [B, N, H, K]
+    r = (torch.logcumsumexp(k.double(), dim=1) - m.double()).to(k.dtype)  # [B, N, H, K]
+    expanded_q = _expand(q, cos, sin)  # [B, N, H, K']
+    state = q.new_zeros(batch, heads, expanded_q.shape[-1], v.shape[-1])  # [B, H, K', V]
+    # Log-normaliser at the end of the previous chunk (none yet: -inf).
+    m_before, r_before = torch.full_like(m[:, 0], float("-inf")), torch.zeros_like(r[:, 0])  # [B, H, K]
+    outputs = []
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        k_c, v_c, q_c = k[:, start:end], v[:, start:end], expanded_q[:, start:end]
+        m_c, r_c = m[:, start:end], r[:, start:end]
+        cos_c = None if cos is None else cos[:, start:end]
+        sin_c = None if sin is None else sin[:, start:end]
+        # Inter-chunk: the state so far, rescaled from the old normaliser to step t's: exp(z_before - z_t) <= 1.
+        decay = torch.exp((m_before[:, None] - m_c) + (r_before[:, None] - r_c))  # [B, C, H, K]
+        inter = torch.einsum("bthk,bhkv->bthv", q_c * _duplicate(decay, cos is not None), state)
+        # Intra-chunk: weight of token s at step t is exp(k_s - z_t) for s <= t, formed in log space so that
+        # key logits of ±1e4 neither overflow nor turn into 0·inf.
+        log_w = (k_c[:, None] - m_c[:, :, None]) - r_c[:, :, None]  # [B, Ct, Cs, H, K]
+        mask = torch.ones(end - start, end - start, dtype=torch.bool, device=k.device).tril()
+        w = torch.exp(log_w.masked_fill(~mask[None, :, :, None, None], float("-inf")))
+        if cos is not None:
+            w = torch.cat([w * cos_c[:, None], w * sin_c[:, None]], dim=-1)  # [B, Ct, Cs, H, 2K]
+        scores = torch.einsum("bthk,btshk->bhts", q_c, w)  # [B, H, Ct, Cs]
+        intra = torch.einsum("bhts,bshv->bthv", scores, v_c)
+        outputs.append(inter + intra)
+        # Carry the state to the end of this chunk.
+        m_end, r_end = m_c[:, -1], r_c[:, -1]  # [B, H, K]
+        k_bar_end = _expand(torch.exp((k_c - m_end[:, None]) - r_end[:, None]), cos_c, sin_c)  # [B, C, H, K']
+        carry = _duplicate(torch.exp((m_before - m_end) + (r_before - r_end)), cos is not None)  # [B, H, K']
+        state = carry[..., None] * state + torch.einsum("bshk,bshv->bhkv", k_bar_end, v_c)
+        m_before, r_before = m_end, r_end
+    return torch.cat(outputs, dim=1)
+
+
+def additive_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, angles: Tensor | None = None, chunk_size: int = 64
+) -> Tensor:
+    """Additive (softmax-over-tokens) linear attention.
+
+    Every key channel is normalised by a softmax over the tokens, `k̄ = softmax_N(k)`, and the output is
+    `o = q (k̄ᵀ v)`: one reduction over the sequence, so the result does not depend on the scan order of a
+    grid. Causal mode normalises over the prefix instead (`S_t = diag(λ_t) S_{t-1} + k̄_t v_tᵀ`). The
+    log-normaliser, the state and every sum are kept in fp32 (or the input dtype if wider), also under autocast.
+
+    Args:
+        q: Activated queries `[B, N, H, K]`.
+        k: Raw key logits `[B, N, H, K]`; `-inf` marks a padded token.
+        v: Values `[B, N, H, V]`.
+        causal: Normalise over the prefix `s <= t` (raster order) instead of over all tokens.
+        angles: MD-LRPE angles `[N, K]`; q and k̄ are expanded to `[x cos Θ, x sin Θ]` before the product.
+        chunk_size: Tokens per chunk in causal mode; memory grows as `N · chunk_size`.
+
+    Returns:
+        `[B, N, H, V]` in the dtype of `v`.
+    """
+    if q.dim() != 4 or v.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"additive_attention expects q, k [B, N, H, K] and v [B, N, H, V]; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if angles is not None and angles.shape != (q.shape[1], q.shape[3]):
+        raise ValueError(f"angles must be [N, K] = {[q.shape[1], q.shape[3]]}, got {list(angles.shape)}")
+    out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        cos = sin = None
+        if angles is not None:
+            cos = angles.to(dtype).cos()[None, :, None, :]  # [1, N, 1, K]
+            sin = angles.to(dtype).sin()[None, :, None, :]
+        if causal:
+            out = _causal(q, k, v, cos, sin, chunk_size)
+        else:
+            out = _non_causal(q, k, v, cos, sin)
+    return out.to(out_dtype)

@@ -1,0 +1,10 @@
+"""Layers shared by every LightNet model."""
+
+from lightnet_vision.layers.attention import LightNetAttention
+from lightnet_vision.layers.block import LightNetBlock
+from lightnet_vision.layers.glu import GLU
+from lightnet_vision.layers.md_lrpe import MDLRPE
+from lightnet_vision.layers.md_tpe import MDTPE
+from lightnet_vision.layers.patch_embed import PatchEmbed
+
+__all__ = ["GLU", "MDLRPE", "MDTPE", "LightNetAttention", "LightNetBlock", "PatchEmbed"]

@@ -1,0 +1,33 @@
+"""The pre-norm LightNet block (SPEC §6): token mixing by LightNet attention, channel mixing by a GLU."""
+
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+from lightnet_vision.layers.attention import LightNetAttention
+from lightnet_vision.layers.glu import GLU
+
+
+class LightNetBlock(nn.Module):
+    """`x ← x + DropPath(LNA(LN(x)))`, then `x ← x + DropPath(GLU(LN(x)))`.
+
+    Args:
+        dim: Model width D.
+        num_heads: Attention heads H.
+        drop_path: Probability of dropping a whole residual branch per sample while training.
+        qkv_bias: Add a bias to the q, k and v projections.
+        causal: Causal additive attention (raster order).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, drop_path: float = 0.0, qkv_bias: bool = False, causal: bool = False
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = LightNetAttention(dim, num_heads, qkv_bias=qkv_bias, causal=causal)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = GLU(dim)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
+
+    def forward(self, x: Tensor, angles: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), angles))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

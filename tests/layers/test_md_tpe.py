@@ -1,0 +1,107 @@
+"""MD-TPE (SPEC §4) against the dense Toeplitz operator it must equal exactly."""
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from lightnet_vision.layers import MDTPE
+from lightnet_vision.layers.md_tpe import symmetric_toeplitz_along
+
+
+def toeplitz(n: int, decay: float) -> Tensor:
+    """`T_ij = decay^|i-j|`, `[n, n]` in float64."""
+    index = torch.arange(n, dtype=torch.float64)
+    return decay ** (index[:, None] - index[None, :]).abs()
+
+
+def dense_operator(grid: tuple[int, ...], decays: Tensor) -> Tensor:
+    """`Σ_a I ⊗ … ⊗ T^(a) ⊗ … ⊗ I` for every head, from `decays` `[m, H]`; returns `[H, N, N]` in float64."""
+    operators = []
+    for h in range(decays.shape[1]):
+        total = torch.zeros(math.prod(grid), math.prod(grid), dtype=torch.float64)
+        for axis in range(len(grid)):
+            factors = [toeplitz(n, decays[axis, h].item()) if a == axis else torch.eye(n) for a, n in enumerate(grid)]
+            kron = factors[0].double()
+            for factor in factors[1:]:
+                kron = torch.kron(kron, factor.double())  # row-major flattening: the last axis varies fastest
+            total += kron
+        operators.append(total)
+    return torch.stack(operators)
+
+
+def make_module(dim: int, heads: int, num_axes: int) -> MDTPE:
+    module = MDTPE(dim, heads, num_axes=num_axes)
+    with torch.no_grad():
+        module.decay_logit.copy_(torch.randn(num_axes, heads) * 1.5)  # away from the evenly spread defaults
+        module.norm_weight.copy_(torch.rand(dim) + 0.5)
+    return module
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 17, 64])
+def test_symmetric_toeplitz_along(length):
+    decays = torch.tensor([0.3, 0.8, 0.99])  # one per head group, broadcast over the channels of a group
+    x = torch.randn(2, length, 3, 4)  # [B, n, H, C]
+    out = symmetric_toeplitz_along(x, decays[:, None], dim=1)
+    expected = torch.stack(
+        [torch.einsum("ij,bjc->bic", toeplitz(length, d.item()), x[:, :, h].double()) for h, d in enumerate(decays)],
+        dim=2,
+    )
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_symmetric_toeplitz_along_inner_axis():
+    x = torch.randn(2, 5, 9, 3)  # scan the second axis of a grid, [B, n_1, n_2, C]
+    out = symmetric_toeplitz_along(x, torch.tensor(0.7), dim=2)
+    expected = torch.einsum("ij,bajc->baic", toeplitz(9, 0.7), x.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("grid", "dim", "heads"), [((5, 7), 12, 3), ((2, 3, 4), 8, 2), ((1, 6), 8, 2), ((9,), 6, 3)])
+def test_mix_equals_dense_toeplitz(grid, dim, heads):
+    module = make_module(dim, heads, num_axes=len(grid))
+    x = torch.randn(2, math.prod(grid), dim)
+    operator = dense_operator(grid, torch.sigmoid(module.decay_logit.detach().double()))  # [H, N, N]
+    x_heads = x.reshape(2, -1, heads, dim // heads).double()  # [B, N, H, D/H]
+    expected = torch.einsum("hnm,bmhc->bnhc", operator, x_heads)
+    mixed = module.mix(x, grid)
+    assert mixed.shape == (2, math.prod(grid), heads, dim // heads)
+    torch.testing.assert_close(mixed.double(), expected, rtol=1e-5, atol=1e-5)
+
+    # The full module: a per-head RMSNorm of the mix, scaled by norm_weight, then the output projection.
+    normed = expected / expected.pow(2).mean(-1, keepdim=True).add(torch.finfo(torch.float32).eps).sqrt()
+    normed = normed.flatten(2) * module.norm_weight.detach().double()
+    weight, bias = module.proj.weight.detach().double(), module.proj.bias.detach().double()
+    torch.testing.assert_close(module(x, grid).double(), normed @ weight.T + bias, rtol=1e-4, atol=1e-5)
+
+
+def test_decays_differ_per_axis():
+    # Swapping the two axes' decays changes the result on a non-square grid: each axis uses its own decay.
+    module = make_module(8, 2, num_axes=2)
+    x = torch.randn(1, 20, 8)
+    before = module.mix(x, (4, 5))
+    with torch.no_grad():
+        module.decay_logit.copy_(module.decay_logit.flip(0))
+    assert (module.mix(x, (4, 5)) - before).abs().max() > 1e-3
+
+
+def test_parameters_do_not_depend_on_grid():
+    module = make_module(12, 3, num_axes=2)
+    shapes = {name: p.shape for name, p in module.named_parameters()}
+    count = sum(p.numel() for p in module.parameters())
+    for grid in [(5, 7), (14, 14), (20, 12), (3, 1)]:
+        x = torch.randn(1, math.prod(grid), 12)
+        out = module(x, grid)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        operator = dense_operator(grid, torch.sigmoid(module.decay_logit.detach().double()))  # [H, N, N]
+        expected = torch.einsum("hnm,bmhc->bnhc", operator, x.reshape(1, -1, 3, 4).double())
+        torch.testing.assert_close(module.mix(x, grid).double(), expected, rtol=1e-5, atol=1e-5)
+    assert {name: p.shape for name, p in module.named_parameters()} == shapes
+    assert sum(p.numel() for p in module.parameters()) == count == 2 * 3 + 12 + 12 * 12 + 12
+
+
+@pytest.mark.parametrize("grid", [(5, 6), (35,), (5, 7, 1)])
+def test_wrong_grid_raises(grid):
+    with pytest.raises(ValueError, match="grid_size"):
+        MDTPE(8, 2, num_axes=2)(torch.randn(1, 35, 8), grid)
