@@ -1,0 +1,74 @@
+"""What every image-classification DataModule shares: loaders, prediction on a folder, and the linked attributes."""
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from lightnet_vision.datamodules.datasets import UnlabeledImageFiles
+
+
+def list_images(directory: str | Path) -> list[Path]:
+    """Image files under `directory` (recursively, sorted); a clear error when there are none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image directory {directory} does not exist")
+    paths = sorted(path for path in directory.rglob("*") if path.suffix.lower() in IMG_EXTENSIONS)
+    if not paths:
+        raise FileNotFoundError(f"no image files ({', '.join(IMG_EXTENSIONS)}) under {directory}")
+    return paths
+
+
+class ImageDataModule(LightningDataModule):
+    """Subclasses set `num_classes`, `image_size`, `in_chans`, `class_names` and `eval_transform` in `__init__`
+    (the CLI links them into the model) and the `train_set`, `val_set`, `test_set` datasets in `setup`.
+
+    Args:
+        batch_size: Samples per batch and per process.
+        num_workers: Loader worker processes.
+        predict_dir: Folder of images for `predict` (searched recursively).
+    """
+
+    num_classes: int
+    image_size: int
+    in_chans: int
+    class_names: list[str] | None
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 4, predict_dir: str | None = None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.predict_dir = predict_dir
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__} has no {split} split")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is None:
+            raise ValueError(f"set data.predict_dir to a folder of images to predict with {type(self).__name__}")
+        images = UnlabeledImageFiles(list_images(self.predict_dir), self.eval_transform, self.in_chans)
+        return self._loader(images, "predict")

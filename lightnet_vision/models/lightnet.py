@@ -1,0 +1,131 @@
+"""LightNet image classifier (arXiv 2405.21022, SPEC §6) with timm's model interface.
+
+Patch embedding → MD-TPE over the (h, w) patch grid → L LightNet blocks (additive attention with MD-LRPE, GLU) →
+LayerNorm → mean pool → linear head. No parameter depends on the input size: a model trained at 224² runs at
+any size divisible by the patch, without interpolation.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lightnet_vision.layers import MDLRPE, MDTPE, LightNetBlock, PatchEmbed
+from lightnet_vision.models._registry import register_model
+
+
+class LightNet(nn.Module):
+    """LightNet classifier.
+
+    Args:
+        img_size: Default input size (informational: any size divisible by `patch_size` runs).
+        patch_size: Side of the square patches.
+        in_chans: Input image channels.
+        num_classes: Classes of the head; 0 gives a model without a head (pooled features out).
+        embed_dim: Model width D.
+        depth: Number of blocks L.
+        num_heads: Attention heads H (head dim D / H).
+        qkv_bias: Add a bias to the q, k and v projections.
+        drop_rate: Dropout before the head.
+        drop_path_rate: Stochastic depth at the last block, rising linearly from 0 at the first.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        qkv_bias: bool = False,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_tpe = MDTPE(embed_dim, num_heads, num_axes=2)
+        self.pos_lrpe = MDLRPE(embed_dim // num_heads, num_axes=2)
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            LightNetBlock(embed_dim, num_heads, drop_path=drop_path[i], qkv_bias=qkv_bias) for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        # Linear layers: truncated normal (std 0.02) and zero bias, as in ViT/DeiT.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # Patch embedding: like a linear layer over the flattened patch.
+        nn.init.trunc_normal_(self.patch_embed.proj.weight.view(self.embed_dim, -1), std=0.02)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW should not decay besides biases and norms: the positional decays of MD-TPE."""
+        return {"pos_tpe.decay_logit"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x, grid = self.patch_embed(x)  # [B, N, D], (h, w)
+        x = x + self.pos_tpe(x, grid)
+        angles = self.pos_lrpe(grid)  # [N, K]
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, angles, use_reentrant=False)
+            else:
+                x = block(x, angles)
+        return self.norm(x)  # [B, N, D]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(x.mean(dim=1))  # [B, D], mean over tokens
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create(preset: dict, **overrides) -> LightNet:
+    # Overrides win over the preset, its width and depth included (`create_model("lightnet_tiny", depth=6)`).
+    return LightNet(**{**preset, **overrides})
+
+
+@register_model
+def lightnet_tiny(**overrides) -> LightNet:
+    """LightNet at DeiT-Ti width: D=192, H=3, L=12, patch 16, 224²."""
+    return _create({"embed_dim": 192, "depth": 12, "num_heads": 3}, **overrides)
+
+
+@register_model
+def lightnet_small(**overrides) -> LightNet:
+    """LightNet at DeiT-S width: D=384, H=6, L=12, patch 16, 224²."""
+    return _create({"embed_dim": 384, "depth": 12, "num_heads": 6}, **overrides)
+
+
+@register_model
+def lightnet_base(**overrides) -> LightNet:
+    """LightNet at DeiT-B width: D=768, H=12, L=12, patch 16, 224²."""
+    return _create({"embed_dim": 768, "depth": 12, "num_heads": 12}, **overrides)

@@ -1,0 +1,128 @@
+"""Image classification: a thin LightningModule around an injected backbone (a LightNet classifier by default)."""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+
+from lightnet_vision.tasks.optim import param_groups_weight_decay
+from lightnet_vision.tasks.schedules import WarmupCosineLR
+
+OptimizerCallable = Callable[[list], Optimizer]
+SchedulerCallable = Callable[[Optimizer, int, int], LRScheduler]
+
+
+def _adamw(params: list) -> Optimizer:
+    return torch.optim.AdamW(params, lr=5e-4, weight_decay=0.05)
+
+
+def _warmup_cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
+    return WarmupCosineLR(optimizer, total_steps, steps_per_epoch, warmup_epochs=5.0)
+
+
+class ImageClassification(LightningModule):
+    """Train, evaluate and predict with an image classifier.
+
+    Args:
+        model: The backbone; it must expose `num_classes` (timm's interface). Its `num_classes`, `in_chans` and
+            `img_size` are linked from the DataModule by the CLI.
+        optimizer: Called with the parameter groups (no weight decay on biases, norms and 1-D parameters).
+        lr_scheduler: Called with the optimizer, the fit's total optimizer steps and the steps per epoch; stepped
+            every optimizer step. None keeps the learning rate constant.
+        label_smoothing: Label smoothing of the training cross-entropy.
+        mixup_alpha: MixUp's Beta parameter; 0 disables MixUp.
+        cutmix_alpha: CutMix's Beta parameter; 0 disables CutMix. With both on, each batch picks one at random.
+        class_names: Names of the classes in label order (linked from the DataModule), kept in the checkpoint so
+            `predict` can name its answers.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerCallable = _adamw,
+        lr_scheduler: SchedulerCallable | None = _warmup_cosine,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Built in Python rather than from a config: the weights live in the state dict, callables are not saved.
+        for name in ("model", "optimizer", "lr_scheduler"):
+            if callable(self.hparams.get(name)):
+                del self.hparams[name]
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.label_smoothing = label_smoothing
+        self.class_names = class_names
+        num_classes = model.num_classes
+        self.batch_mix = _batch_mix(mixup_alpha, cutmix_alpha, num_classes)
+        top5 = min(5, num_classes)
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        if self.batch_mix is not None:
+            images, labels = self.batch_mix(images, labels)  # labels become soft targets [B, classes]
+        loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        self.val_acc1(logits, labels)
+        self.val_acc5(logits, labels)
+        self.log("val/acc1", self.val_acc1, prog_bar=True)
+        self.log("val/acc5", self.val_acc5)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.test_acc1(logits, labels)
+        self.test_acc5(logits, labels)
+        self.log("test/acc1", self.test_acc1)
+        self.log("test/acc5", self.test_acc5)
+
+    def predict_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> dict:
+        images, paths = batch
+        probs = self(images).float().softmax(dim=-1)
+        confidence, index = probs.max(dim=-1)
+        return {"paths": list(paths), "index": index.tolist(), "probability": confidence.tolist()}
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer(param_groups_weight_decay(self.model))
+        if self.lr_scheduler is None:
+            return {"optimizer": optimizer}
+        total_steps = int(self.trainer.estimated_stepping_batches)  # also sets up the train dataloader
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+        scheduler = self.lr_scheduler(optimizer, total_steps, steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
+    mixes = []
+    if mixup_alpha > 0:
+        mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
