@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo-generate test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lightnet_vision.demo
+	$(BIN)/python -m lightnet_vision.demo classify
+
+demo-generate: $(STAMP)
+	$(BIN)/python -m lightnet_vision.demo generate
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,3 +10,14 @@ torch.set_num_threads(1)
 def _seed() -> None:
     # Every test draws the same random inputs, whatever order the tests run in.
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder(tmp_path_factory):
+    """A KL autoencoder (8x8 digits -> 4x4x4 latents) fitted for 2 steps by the CLI: `(cli, last.ckpt)`.
+
+    Shared by the tests of the autoencoder task, the first stage, the latent cache, latent diffusion and the configs.
+    """
+    from diffusion_helpers import fit_tiny_autoencoder
+
+    return fit_tiny_autoencoder(tmp_path_factory.mktemp("autoencoder"))

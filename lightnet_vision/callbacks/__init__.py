@@ -1,5 +1,7 @@
 """Small callbacks, one per file."""
 
+from lightnet_vision.callbacks.fid import FID
 from lightnet_vision.callbacks.prediction_csv import PredictionCSVWriter
+from lightnet_vision.callbacks.sample_images import SampleImages
 
-__all__ = ["PredictionCSVWriter"]
+__all__ = ["FID", "PredictionCSVWriter", "SampleImages"]

@@ -21,6 +21,8 @@ class DigitsDataModule(ImageDataModule):
         test_fraction: Share of the digits held out for testing.
         seed: Seed of the split.
         augment: Random affine jitter (shift, scale, rotation) of training images; no flips.
+        mean: Normalisation mean of the 0-1 pixel values; 0.5 with std 0.5 gives the [-1, 1] of diffusion models.
+        std: Normalisation standard deviation.
         batch_size: Samples per batch and per process.
         num_workers: Loader worker processes.
         predict_dir: Folder of images for `predict`.
@@ -33,6 +35,8 @@ class DigitsDataModule(ImageDataModule):
         test_fraction: float = 0.15,
         seed: int = 0,
         augment: bool = True,
+        mean: tuple[float] = DIGITS_MEAN,
+        std: tuple[float] = DIGITS_STD,
         batch_size: int = 64,
         num_workers: int = 0,
         predict_dir: str | None = None,
@@ -47,8 +51,8 @@ class DigitsDataModule(ImageDataModule):
         self.seed = seed
         resize = A.Resize(image_size, image_size)
         jitter = A.Affine(scale=(0.9, 1.1), translate_percent=(-0.1, 0.1), rotate=(-10, 10), p=1.0)
-        self.train_transform = compose([resize, jitter] if augment else [resize], DIGITS_MEAN, DIGITS_STD)
-        self.eval_transform = compose([resize], DIGITS_MEAN, DIGITS_STD)
+        self.train_transform = compose([resize, jitter] if augment else [resize], mean, std)
+        self.eval_transform = compose([resize], mean, std)
 
     def setup(self, stage: str | None = None) -> None:
         images, labels = self.split()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -69,6 +70,10 @@ class ImageDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dir is None:
+            # Without a folder, the task says what to predict (a generator: which classes to sample).
+            task = self.trainer.lightning_module if self.trainer is not None else None
+            if task is not None and is_overridden("predict_dataloader", task):
+                return task.predict_dataloader()
             raise ValueError(f"set data.predict_dir to a folder of images to predict with {type(self).__name__}")
         images = UnlabeledImageFiles(list_images(self.predict_dir), self.eval_transform, self.in_chans)
         return self._loader(images, "predict")

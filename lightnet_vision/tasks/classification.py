@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
+from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
 from lightnet_vision.tasks.optim import param_groups_weight_decay
 from lightnet_vision.tasks.schedules import WarmupCosineLR
 
@@ -54,11 +55,7 @@ class ImageClassification(LightningModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        # Built in Python rather than from a config: the weights live in the state dict, callables are not saved.
-        for name in ("model", "optimizer", "lr_scheduler"):
-            if callable(self.hparams.get(name)):
-                del self.hparams[name]
+        save_task_hyperparameters(self)
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -106,6 +103,9 @@ class ImageClassification(LightningModule):
         probs = self(images).float().softmax(dim=-1)
         confidence, index = probs.max(dim=-1)
         return {"paths": list(paths), "index": index.tolist(), "probability": confidence.tolist()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_task_hyperparameters(self, checkpoint)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(param_groups_weight_decay(self.model))

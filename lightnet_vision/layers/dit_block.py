@@ -1,0 +1,33 @@
+"""LightNet block with adaLN-Zero conditioning (SPEC §6), the building block of the LightNet-DiT denoiser."""
+
+from torch import Tensor, nn
+
+from lightnet_vision.layers.adaln import modulate
+from lightnet_vision.layers.attention import LightNetAttention
+from lightnet_vision.layers.glu import GLU
+
+
+class LightNetDiTBlock(nn.Module):
+    """Pre-norm LightNet block whose norms are shifted, scaled and gated per sample by a conditioning vector.
+
+    The modulation layer starts at zero, so the gates are zero and a fresh block is the identity.
+
+    Args:
+        dim: Model width D.
+        num_heads: Attention heads H.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = LightNetAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = GLU(dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.adaLN_modulation[-1].bias)
+
+    def forward(self, x: Tensor, c: Tensor, angles: Tensor | None = None) -> Tensor:
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate_attn[:, None] * self.attn(modulate(self.norm1(x), shift_attn, scale_attn), angles)
+        return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))

@@ -1,0 +1,208 @@
+"""LightNet-DiT: a latent-diffusion denoiser with LightNet blocks (arXiv 2405.21022, SPEC §6), DiT's interface.
+
+Latents `[B, C, h, w]` are patchified (patch 2, 4 or 8) → MD-TPE over the patch grid → L LightNet blocks whose
+norms are modulated adaLN-Zero style by `timestep embedding + class embedding` → adaLN final layer → unpatchify.
+The denoiser knows nothing of noise schedules: that lives in `lightnet_vision.diffusion`.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lightnet_vision.layers import MDLRPE, MDTPE, LabelEmbedder, LightNetDiTBlock, PatchEmbed, TimestepEmbedder
+from lightnet_vision.layers.adaln import modulate
+from lightnet_vision.models._registry import register_model
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a linear map from tokens to patches of the output channels."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class LightNetDiT(nn.Module):
+    """Class-conditional (or unconditional) denoiser `forward(x, t, y)` of latents.
+
+    Args:
+        input_size: Default latent side (informational: any size divisible by `patch_size` runs).
+        patch_size: Side of the square latent patches.
+        in_channels: Latent channels C.
+        hidden_size: Model width D.
+        depth: Number of blocks L.
+        num_heads: Attention heads H.
+        class_dropout_prob: Probability of training with the null label (for classifier-free guidance).
+        num_classes: Number of classes; 0 trains an unconditional model.
+        learn_sigma: Also predict the per-element variance (output has 2C channels, as in DiT).
+    """
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = False,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.num_classes = num_classes
+        self.learn_sigma = learn_sigma
+        self.grad_checkpointing = False
+
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.pos_tpe = MDTPE(hidden_size, num_heads, num_axes=2)
+        self.pos_lrpe = MDLRPE(hidden_size // num_heads, num_axes=2)
+        self.blocks = nn.ModuleList(LightNetDiTBlock(hidden_size, num_heads) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        # 1. Linear layers: Xavier uniform, zero bias.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # 2. Patch embedding like a linear layer over the flattened patch.
+        weight = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        # 3. Label table and timestep MLP: small normal.
+        nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # 4. adaLN-Zero: every modulation starts at zero, so each block starts as the identity.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # 5. The output layer starts at zero: the first prediction is 0 everywhere.
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_tpe.decay_logit"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def unpatchify(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        batch, p, c = x.shape[0], self.patch_size, self.out_channels
+        h, w = grid
+        x = x.reshape(batch, h, w, p, p, c)  # [B, h, w, p, p, C]
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(batch, c, h * p, w * p)  # [B, C, H, W]
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predict noise (and variance with `learn_sigma`) for latents x `[B, C, H, W]` at timesteps t `[B]`.
+
+        y holds class labels `[B]`; the index `num_classes` (and y=None) means "no class".
+        """
+        if y is None:
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        tokens, grid = self.x_embedder(x)  # [B, N, D], (h, w)
+        tokens = tokens + self.pos_tpe(tokens, grid)
+        angles = self.pos_lrpe(grid)  # [N, K]
+        c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, c, angles, use_reentrant=False)
+            else:
+                tokens = block(tokens, c, angles)
+        tokens = self.final_layer(tokens, c)  # [B, N, p*p*C_out]
+        return self.unpatchify(tokens, grid)  # [B, C_out, H, W]
+
+    def forward_with_cfg(self, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float) -> Tensor:
+        """Classifier-free guidance over all output channels: `ε_null + s (ε_cond − ε_null)`, in one batched pass."""
+        null = torch.full_like(y, self.num_classes)
+        out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # [2B, C_out, H, W]
+        cond, uncond = out.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
+
+_DIT_SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+
+
+def _create(size: str, patch_size: int, **overrides) -> LightNetDiT:
+    hidden_size, depth, num_heads = _DIT_SIZES[size]
+    config = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "patch_size": patch_size}
+    return LightNetDiT(**{**config, **overrides})
+
+
+@register_model
+def lightnet_dit_s_2(**overrides) -> LightNetDiT:
+    return _create("s", 2, **overrides)
+
+
+@register_model
+def lightnet_dit_s_4(**overrides) -> LightNetDiT:
+    return _create("s", 4, **overrides)
+
+
+@register_model
+def lightnet_dit_s_8(**overrides) -> LightNetDiT:
+    return _create("s", 8, **overrides)
+
+
+@register_model
+def lightnet_dit_b_2(**overrides) -> LightNetDiT:
+    return _create("b", 2, **overrides)
+
+
+@register_model
+def lightnet_dit_b_4(**overrides) -> LightNetDiT:
+    return _create("b", 4, **overrides)
+
+
+@register_model
+def lightnet_dit_b_8(**overrides) -> LightNetDiT:
+    return _create("b", 8, **overrides)
+
+
+@register_model
+def lightnet_dit_l_2(**overrides) -> LightNetDiT:
+    return _create("l", 2, **overrides)
+
+
+@register_model
+def lightnet_dit_l_4(**overrides) -> LightNetDiT:
+    return _create("l", 4, **overrides)
+
+
+@register_model
+def lightnet_dit_l_8(**overrides) -> LightNetDiT:
+    return _create("l", 8, **overrides)
+
+
+@register_model
+def lightnet_dit_xl_2(**overrides) -> LightNetDiT:
+    return _create("xl", 2, **overrides)
+
+
+@register_model
+def lightnet_dit_xl_4(**overrides) -> LightNetDiT:
+    return _create("xl", 4, **overrides)
+
+
+@register_model
+def lightnet_dit_xl_8(**overrides) -> LightNetDiT:
+    return _create("xl", 8, **overrides)

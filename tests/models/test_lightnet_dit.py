@@ -1,0 +1,180 @@
+"""LightNet-DiT (SPEC §6): every preset, adaLN-Zero initialisation, classifier-free guidance and label dropout."""
+
+import pytest
+import torch
+from diffusion_helpers import wake
+
+from lightnet_vision.layers import MDLRPE, LightNetDiTBlock
+from lightnet_vision.models import LightNetDiT, create_model, list_models
+from lightnet_vision.models.lightnet_dit import _DIT_SIZES
+
+DENOISERS = list_models("lightnet_dit_*")
+TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2, "in_channels": 4, "num_classes": 5}
+
+
+def tiny_dit(**overrides) -> LightNetDiT:
+    return LightNetDiT(**{"input_size": 8, "patch_size": 2, **TINY, **overrides})
+
+
+def inputs(batch: int = 3, channels: int = 4, height: int = 8, width: int = 8):
+    x = torch.randn(batch, channels, height, width)
+    t = torch.randint(0, 1000, (batch,))
+    y = torch.randint(0, 5, (batch,))
+    return x, t, y
+
+
+def test_every_size_and_patch_is_registered():
+    assert DENOISERS == sorted(f"lightnet_dit_{size}_{patch}" for size in ("s", "b", "l", "xl") for patch in (2, 4, 8))
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+@pytest.mark.parametrize("learn_sigma", [False, True], ids=["eps", "eps+sigma"])
+def test_forward_shape_and_every_parameter_gets_a_gradient(name, learn_sigma):
+    patch = int(name.rsplit("_", 1)[1])
+    side = max(8, 2 * patch)  # at least a 2x2 patch grid, so the positional encodings have something to relate
+    model = create_model(name, input_size=side, learn_sigma=learn_sigma, **TINY)
+    assert isinstance(model, LightNetDiT) and model.patch_size == patch
+    wake(model)
+    x, t, y = inputs(height=side, width=side)
+    out = model(x, t, y)
+    assert out.shape == (3, 8 if learn_sigma else 4, side, side)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, f"{param_name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{param_name} has a non-finite gradient"
+        assert param.grad.abs().sum() > 0, f"{param_name} has an all-zero gradient"
+
+
+def test_preset_table_has_dit_sizes():
+    # (hidden size, depth, heads) of DiT-S/B/L/XL.
+    assert _DIT_SIZES == {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+
+
+def test_small_preset_is_built_at_dit_s_size():
+    model = create_model("lightnet_dit_s_2")
+    assert model.x_embedder.proj.out_channels == 384
+    assert len(model.blocks) == 12
+    assert model.blocks[0].attn.num_heads == 6 and model.pos_tpe.num_heads == 6
+    assert (model.patch_size, model.in_channels, model.num_classes, model.input_size) == (2, 4, 1000, 32)
+
+
+@pytest.mark.parametrize("size", ["b", "l", "xl"])
+def test_larger_presets_use_their_width_and_heads(size):
+    hidden_size, _, num_heads = _DIT_SIZES[size]
+    model = create_model(f"lightnet_dit_{size}_4", depth=1)
+    assert model.x_embedder.proj.out_channels == hidden_size
+    assert model.blocks[0].attn.num_heads == num_heads
+    assert model.patch_size == 4
+
+
+def test_fresh_block_is_the_identity():
+    block = LightNetDiTBlock(32, 2)
+    x, c = torch.randn(2, 16, 32), torch.randn(2, 32)
+    angles = MDLRPE(16)((4, 4))
+    torch.testing.assert_close(block(x, c, angles), x, rtol=0, atol=0)
+    wake(block)
+    assert not torch.allclose(block(x, c, angles), x, atol=1e-3)
+
+
+def test_fresh_model_predicts_zero():
+    x, t, y = inputs()
+    out = tiny_dit(learn_sigma=True)(x, t, y)
+    assert out.shape == (3, 8, 8, 8)
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True], ids=["eps", "eps+sigma"])
+def test_guidance_mixes_conditional_and_null_predictions_on_every_channel(learn_sigma):
+    model = wake(tiny_dit(learn_sigma=learn_sigma)).eval()
+    x, t, y = inputs()
+    null = torch.full_like(y, model.num_classes)
+    with torch.no_grad():
+        cond, uncond = model(x, t, y), model(x, t, null)
+        assert not torch.allclose(cond, uncond, atol=1e-4)  # the label matters, or guidance would test nothing
+        torch.testing.assert_close(model.forward_with_cfg(x, t, y, 1.0), cond)
+        torch.testing.assert_close(model.forward_with_cfg(x, t, y, 0.0), uncond)
+        guided = model.forward_with_cfg(x, t, y, 4.0)
+    assert guided.shape == cond.shape
+    torch.testing.assert_close(guided, uncond + 4.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+
+
+def test_unconditional_model_runs_without_labels():
+    model = wake(tiny_dit(num_classes=0)).eval()
+    x, t, _ = inputs()
+    with torch.no_grad():
+        out = model(x, t, None)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        # The single learned "null" class is what y=None means.
+        torch.testing.assert_close(out, model(x, t, torch.zeros(3, dtype=torch.long)), rtol=0, atol=0)
+
+
+def test_label_dropout_uses_the_null_class_only_while_training():
+    model = wake(tiny_dit(class_dropout_prob=1.0))
+    x, t, y = inputs()
+    null = torch.full_like(y, model.num_classes)
+    with torch.no_grad():
+        model.eval()
+        conditional, unconditional = model(x, t, y), model(x, t, null)
+        assert not torch.allclose(conditional, unconditional, atol=1e-4)
+        model.train()
+        torch.testing.assert_close(model(x, t, y), unconditional, rtol=0, atol=0)
+
+
+def test_timestep_matters():
+    model = wake(tiny_dit()).eval()
+    x, _, y = inputs()
+    with torch.no_grad():
+        early, late = model(x, torch.full((3,), 10), y), model(x, torch.full((3,), 900), y)
+    assert not torch.allclose(early, late, atol=1e-4)
+
+
+def test_other_latent_sizes_run_with_the_same_weights():
+    model = wake(tiny_dit()).eval()
+    with torch.no_grad():
+        for height, width in [(8, 8), (16, 8), (4, 12)]:
+            x, t, y = inputs(height=height, width=width)
+            out = model(x, t, y)
+            assert out.shape == x.shape and torch.isfinite(out).all()
+        # The grid axes are not interchangeable: the transposed latent is a different input.
+        x, t, y = inputs(height=16, width=8)
+        assert not torch.allclose(model(x.transpose(2, 3), t, y).transpose(2, 3), model(x, t, y), atol=1e-4)
+
+
+def test_unpatchify_puts_every_patch_back_in_place():
+    model = tiny_dit(in_channels=1, hidden_size=4, num_heads=1, patch_size=2)
+    tokens = torch.zeros(1, 6, 2 * 2 * 1)  # a 2x3 grid of 2x2 patches of one channel, in row-major order
+    tokens[0, 4] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # grid row 1, column 1; the patch in row-major order
+    image = model.unpatchify(tokens, (2, 3))
+    assert image.shape == (1, 1, 4, 6)
+    expected = torch.zeros(1, 1, 4, 6)
+    expected[0, 0, 2:4, 2:4] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+
+
+def test_size_not_divisible_by_the_patch_is_refused():
+    model = tiny_dit(patch_size=4)
+    x, t, y = inputs(height=8, width=10)
+    with pytest.raises(ValueError, match=r"8x10.*patch size 4"):
+        model(x, t, y)
+
+
+def test_grad_checkpointing_gives_the_same_output_and_gradients():
+    model = wake(tiny_dit(depth=2))
+    x, t, y = inputs()
+    model.eval()
+    out = model(x, t, y)
+    out.square().mean().backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(True)
+    out_checkpointed = model(x, t, y)
+    out_checkpointed.square().mean().backward()
+    torch.testing.assert_close(out_checkpointed, out, rtol=0, atol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name], msg=name)
+
+
+def test_no_weight_decay_names_are_parameters():
+    model = tiny_dit()
+    assert model.no_weight_decay() and model.no_weight_decay() <= dict(model.named_parameters()).keys()
