@@ -180,14 +180,14 @@ class LatentDiffusion(LightningModule):
             labels = torch.tensor([c for c in classes for _ in range(self.samples_per_class)])
         return DataLoader(TensorDataset(labels, torch.arange(len(labels))), batch_size=self.predict_batch_size)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         labels, indices = batch
         # Seeded by the first sample's index: the same seed gives the same images whatever the number of processes.
         generator = torch.Generator().manual_seed(self.predict_seed * 1_000_003 + int(indices[0]))
         conditional = bool((labels >= 0).all())
         images = self.generate(labels.to(self.device) if conditional else None, labels.shape[0], generator)
+        # Kept here, as uint8, and written at the end; nothing is returned so the Trainer holds no second copy.
         self._predicted.append((labels.cpu(), indices.cpu(), to_uint8(images)))
-        return images
 
     def on_predict_epoch_end(self) -> None:
         if not self._predicted:

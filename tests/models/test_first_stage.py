@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightnet_vision.models import FirstStage
+from lightnet_vision.models import FirstStage, KLAutoencoder
 
 
 def test_pixel_first_stage_is_the_identity():
@@ -76,3 +76,27 @@ def test_checkpoint_of_another_task_is_refused(tmp_path):
 def test_missing_checkpoint_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.ckpt"):
         FirstStage.load(str(tmp_path / "absent.ckpt"))
+
+
+def test_pixel_first_stage_applies_its_scale():
+    first_stage = FirstStage.load("pixel", scale=2.0)
+    images = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(first_stage.encode(images), 2 * images)
+    torch.testing.assert_close(first_stage.decode(first_stage.encode(images)), images)
+
+
+def test_diffusers_directory_loads_with_its_own_scaling_factor(tmp_path):
+    # The layout of a pretrained VAE (SD-VAE): config.json and weights, as written by save_pretrained.
+    vae = KLAutoencoder(in_chans=3, block_out_channels=[8, 16], norm_num_groups=8, layers_per_block=1).vae
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    first_stage = FirstStage.load(str(tmp_path / "vae"))
+    assert first_stage.scale == 0.5 and first_stage.downsample_factor == 2
+    for name, value in first_stage.vae.state_dict().items():
+        torch.testing.assert_close(value, vae.state_dict()[name], rtol=0, atol=0, msg=name)
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        expected = vae.encode(images).latent_dist.mode() * 0.5
+    torch.testing.assert_close(first_stage.encode(images, sample=False), expected)
+    # A model repository with the VAE in a vae/ subfolder loads the same way; an explicit scale wins.
+    assert FirstStage.load(str(tmp_path), scale=0.18215).scale == 0.18215
