@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightnet_vision import demo
 
@@ -20,3 +21,27 @@ def test_demo_fits_and_tests_the_best_checkpoint(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"best checkpoint: {checkpoint.relative_to(tmp_path)}" in out
     assert f"test top-1 accuracy: {accuracy:.2%}" in out
+
+
+def test_the_digits_judge_knows_real_digits_from_noise():
+    judge = demo.digits_judge()
+    images, labels = demo.DigitsDataModule().split()
+    test = torch.from_numpy(images["test"]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [N, 1, 8, 8] in [-1, 1]
+    # Upsampled as the generator's 16x16 samples are, then pooled back by the judge.
+    upsampled = torch.nn.functional.interpolate(test, scale_factor=2, mode="nearest")
+    assert demo.judge_agreement(judge, upsampled, torch.from_numpy(labels["test"])) > 0.97
+    noise = torch.rand(200, 1, 16, 16) * 2 - 1
+    assert demo.judge_agreement(judge, noise, torch.arange(10).repeat(20)) < 0.3
+
+
+@pytest.mark.slow
+def test_generate_quickstart_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(Path(DEBUG).parents[1])
+    agreement = demo.main(["generate", "--fast"])
+    assert 0 <= agreement <= 1
+    out = capsys.readouterr().out
+    assert f"{agreement:.1%} of them" in out
+    (grid,) = (tmp_path / "runs" / "diffusion_digits").rglob("samples.png")
+    assert grid.stat().st_size > 0
+    assert (tmp_path / "runs" / "autoencoder_digits" / "checkpoints" / "last.ckpt").is_file()
