@@ -96,7 +96,7 @@ class LatentDiffusion(LightningModule):
         self.predict_seed = predict_seed
         self.output_dir = output_dir
         self.class_names = class_names
-        self._predicted: list[tuple[Tensor, Tensor]] = []
+        self._predicted: list[tuple[Tensor, Tensor, Tensor]] = []  # (labels, indices, uint8 images) per batch
 
     @property
     def first_stage(self) -> FirstStage:
@@ -151,11 +151,15 @@ class LatentDiffusion(LightningModule):
         guidance_scale: float | None = None,
         sampler: Sampler | None = None,
         num_steps: int | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """Images in [-1, 1], `[B, C, H, W]`, for `labels` `[B]` (None: unconditional, `num_samples` of them)."""
+        """Images in [-1, 1], `[B, C, H, W]`, for `labels` `[B]` (None: unconditional, `num_samples` of them),
+        starting from `noise` or from noise drawn from `generator`."""
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         batch = labels.shape[0] if labels is not None else num_samples
-        noise = torch.randn(batch, *self.latent_shape(), generator=generator).to(self.device)
+        if noise is None:
+            noise = torch.randn(batch, *self.latent_shape(), generator=generator)
+        noise = noise.to(self.device)
         if labels is None or not self.class_conditional:
             model_fn = lambda x, t: self.model(x, t, None)  # noqa: E731
         elif scale == 1.0:
@@ -182,12 +186,18 @@ class LatentDiffusion(LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         labels, indices = batch
-        # Seeded by the first sample's index: the same seed gives the same images whatever the number of processes.
-        generator = torch.Generator().manual_seed(self.predict_seed * 1_000_003 + int(indices[0]))
+        # Each sample's starting noise is drawn from its own index and the seed, so with the deterministic samplers
+        # (ddim, dpm++) sample i is the same image whatever the batch size or the number of processes.
+        shape = self.latent_shape()
+        noise = torch.stack([torch.randn(shape, generator=self._sample_generator(int(i))) for i in indices])
+        generator = self._sample_generator(int(indices[0]))  # the noise a stochastic sampler (ddpm) adds per step
         conditional = bool((labels >= 0).all())
-        images = self.generate(labels.to(self.device) if conditional else None, labels.shape[0], generator)
+        images = self.generate(labels.to(self.device) if conditional else None, labels.shape[0], generator, noise=noise)
         # Kept here, as uint8, and written at the end; nothing is returned so the Trainer holds no second copy.
         self._predicted.append((labels.cpu(), indices.cpu(), to_uint8(images)))
+
+    def _sample_generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.predict_seed * 1_000_003 + index)
 
     def on_predict_epoch_end(self) -> None:
         if not self._predicted:

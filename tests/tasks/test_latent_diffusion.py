@@ -226,10 +226,27 @@ def test_predict_writes_sample_files_with_command_line_overrides(fitted, tmp_pat
     for row, (label, index) in enumerate([(1, 0), (1, 1), (3, 0), (3, 1)]):
         png = np.asarray(Image.open(out / "samples" / str(label) / f"{index}.png"))
         np.testing.assert_array_equal(png, images[row, ..., 0])
-    # The same images again from the task: the seeded noise of the first (only) batch, guidance 3.
-    generator = torch.Generator().manual_seed(7 * 1_000_003)
-    expected = to_uint8(task.generate(torch.tensor([1, 1, 3, 3]), generator=generator)).numpy()
+    # The same images again from the task, guidance 3: sample i starts from noise seeded by (seed 7, index i).
+    shape = task.latent_shape()
+    noise = torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(7 * 1_000_003 + i)) for i in range(4)]
+    )
+    expected = to_uint8(task.generate(torch.tensor([1, 1, 3, 3]), noise=noise)).numpy()
     np.testing.assert_array_equal(images, expected)
+
+
+def test_predicted_samples_do_not_depend_on_the_batch_size(fitted):
+    _, _, checkpoint = fitted
+    task = LatentDiffusion.load_from_checkpoint(checkpoint).eval()
+    task.sampler, task.predict_classes, task.samples_per_class = "ddim", [2, 5], 3
+    outputs = {}
+    for batch_size in (6, 4):
+        task.predict_batch_size = batch_size
+        task._predicted.clear()
+        for batch_idx, batch in enumerate(task.predict_dataloader()):
+            task.predict_step(batch, batch_idx)
+        outputs[batch_size] = torch.cat([images for _, _, images in task._predicted])
+    torch.testing.assert_close(outputs[6], outputs[4], rtol=0, atol=0)
 
 
 def test_resume_restores_the_ema(fitted, tmp_path):
