@@ -1,7 +1,5 @@
 """Train a KL autoencoder (diffusers' `AutoencoderKL`) for latent diffusion on data with no pretrained VAE."""
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -11,8 +9,7 @@ from torch.optim import Optimizer
 
 from lightnet_vision.models.autoencoder import KLAutoencoder
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-
-OptimizerCallable = Callable[[list], Optimizer]
+from lightnet_vision.tasks.optim import OptimizerCallable
 
 
 def _adam(params: list) -> Optimizer:

@@ -1,8 +1,5 @@
 """Image classification: a thin LightningModule around an injected backbone (a LightNet classifier by default)."""
 
-import math
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -13,11 +10,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import param_groups_weight_decay
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
 from lightnet_vision.tasks.schedules import WarmupCosineLR
-
-OptimizerCallable = Callable[[list], Optimizer]
-SchedulerCallable = Callable[[Optimizer, int, int], LRScheduler]
 
 
 def _adamw(params: list) -> Optimizer:
@@ -108,13 +102,7 @@ class ImageClassification(LightningModule):
         restore_task_hyperparameters(self, checkpoint)
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer(param_groups_weight_decay(self.model))
-        if self.lr_scheduler is None:
-            return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)  # also sets up the train dataloader
-        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
-        scheduler = self.lr_scheduler(optimizer, total_steps, steps_per_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, self.model, self.optimizer, self.lr_scheduler)
 
 
 def _batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:

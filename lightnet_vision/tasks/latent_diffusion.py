@@ -1,7 +1,5 @@
 """Class-conditional latent diffusion with an injected denoiser (LightNet-DiT by default), DiT-style."""
 
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +8,13 @@ from lightning.pytorch import LightningModule
 from PIL import Image
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightnet_vision.diffusion import GaussianDiffusion
 from lightnet_vision.diffusion.gaussian import Sampler
 from lightnet_vision.models.first_stage import FirstStage
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import param_groups_weight_decay
-
-OptimizerCallable = Callable[[list], Optimizer]
-SchedulerCallable = Callable[[Optimizer, int, int], LRScheduler]
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
 
 
 def _adamw(params: list) -> Optimizer:
@@ -223,13 +217,7 @@ class LatentDiffusion(LightningModule):
         restore_task_hyperparameters(self, checkpoint)
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer(param_groups_weight_decay(self.model))
-        if self.lr_scheduler is None:
-            return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
-        scheduler = self.lr_scheduler(optimizer, total_steps, steps_per_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, self.model, self.optimizer, self.lr_scheduler)
 
 
 def to_uint8(images: Tensor) -> Tensor:
