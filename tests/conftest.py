@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run through Triton's interpreter. Triton may read the flag once, when it is
+    # first imported by anything (Lightning and torch import it too), so it is set before any test module loads.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The tensors in these tests are tiny: one thread avoids OpenMP spin-waiting, which on a shared 2-core machine made the
 # suite several times slower than serial execution.

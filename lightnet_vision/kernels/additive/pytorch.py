@@ -1,7 +1,32 @@
 """Additive attention of LightNet (arXiv 2405.21022) in plain PyTorch: linear in N, no N×N matrix, fp32 normaliser."""
 
+import functools
+
 import torch
 from torch import Tensor
+
+# Input dtypes the Triton kernels accumulate in fp32 without loss; fp64 stays on the PyTorch path.
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def _triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, causal: bool) -> bool:
+    # The cases impl="auto" sends to Triton: CUDA tensors, fp32 or narrower, head dims that fit one program.
+    # The causal kernel is checked only under Triton's interpreter so far; until a GPU run has validated it (its
+    # [16, 16, K] intra-chunk block may spill registers), "auto" keeps causal calls on PyTorch.
+    if causal or not q.is_cuda or not _triton_imports():
+        return False
+    if any(x.dtype not in _TRITON_DTYPES for x in (q, k, v)) or max(k.shape[-1], v.shape[-1]) > 128:
+        return False
+    return angles is None or not (angles.requires_grad and torch.is_grad_enabled())
 
 
 def _expand(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
@@ -63,7 +88,13 @@ def _causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | N
 
 
 def additive_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, angles: Tensor | None = None, chunk_size: int = 64
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    angles: Tensor | None = None,
+    chunk_size: int = 64,
+    impl: str = "auto",
 ) -> Tensor:
     """Additive (softmax-over-tokens) linear attention.
 
@@ -79,6 +110,10 @@ def additive_attention(
         causal: Normalise over the prefix `s <= t` (raster order) instead of over all tokens.
         angles: MD-LRPE angles `[N, K]`; q and k̄ are expanded to `[x cos Θ, x sin Θ]` before the product.
         chunk_size: Tokens per chunk in causal mode; memory grows as `N · chunk_size`.
+        impl: `"torch"` for this PyTorch code, `"triton"` for the fused kernels of `triton_noncausal.py` and
+            `triton_causal.py` (no gradient for `angles`; `chunk_size` is fixed there), `"auto"` for Triton where
+            the tensors are on CUDA, Triton imports and the case is supported (non-causal, fp32/bf16/fp16, K and V
+            up to 128, fixed angles), else PyTorch.
 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
@@ -90,6 +125,16 @@ def additive_attention(
         )
     if angles is not None and angles.shape != (q.shape[1], q.shape[3]):
         raise ValueError(f"angles must be [N, K] = {[q.shape[1], q.shape[3]]}, got {list(angles.shape)}")
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    if impl == "triton" or (impl == "auto" and _triton_supports(q, k, v, angles, causal)):
+        if causal:
+            from lightnet_vision.kernels.additive.triton_causal import causal_additive_attention
+
+            return causal_additive_attention(q, k, v, angles)
+        from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
+
+        return noncausal_additive_attention(q, k, v, angles)
     out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)

@@ -1,0 +1,167 @@
+"""The Triton kernels of the additive attention (non-causal and causal) against the dense twin: outputs, gradients.
+
+Without a GPU the kernels run through Triton's interpreter (`TRITON_INTERPRET=1`, set below before Triton is imported).
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton reads the flag when a kernel is defined, i.e. when the kernel module is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="Triton is not installed: the fused kernels cannot be built or interpreted")
+
+from test_additive_attention import RATIO, assert_close, make_inputs, rmse  # noqa: E402
+
+from lightnet_vision.kernels import additive_attention  # noqa: E402
+from lightnet_vision.kernels.additive import pytorch as additive_pytorch  # noqa: E402
+from lightnet_vision.kernels.additive import triton_causal, triton_noncausal  # noqa: E402
+from lightnet_vision.kernels.additive.naive import naive_additive_attention  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    # Every buffer the kernels fill starts as NaN: an element a kernel forgets to write fails the finiteness checks.
+    monkeypatch.setattr(triton_noncausal, "POISON_OUTPUTS", True)
+
+
+def run_triton_and_naive(q, k, v, angles=None, do=None, causal=False):
+    """Output and (dq, dk, dv) of the Triton path and of the fp32 (or wider) dense reference, for one `do`."""
+    q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in (q, k, v))
+    angles = None if angles is None else angles.to(DEVICE)
+    do = torch.randn(v.shape, device=DEVICE).to(v.dtype) if do is None else do.to(DEVICE)
+    out = additive_attention(q, k, v, causal=causal, angles=angles, impl="triton")
+    out.backward(do)
+    ref_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    ref_inputs = [x.detach().to(ref_dtype).requires_grad_() for x in (q, k, v)]
+    ref = naive_additive_attention(*ref_inputs, causal=causal, angles=angles)
+    ref.backward(do.to(ref_dtype))
+    return (out, q.grad, k.grad, v.grad), (ref, *(x.grad for x in ref_inputs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("use_angles", [False, True], ids=["plain", "angles"])
+@pytest.mark.parametrize(("k", "v"), [(16, 16), (5, 7)], ids=["k16v16", "k5v7"])
+@pytest.mark.parametrize(("b", "n", "h"), [(2, 1, 2), (2, 63, 2), (1, 257, 1)], ids=["n1", "n63", "n257"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_matches_naive(causal, b, n, h, k, v, use_angles, dtype):
+    q, key, value = make_inputs(b, n, h, k, v, dtype)
+    angles = torch.rand(n, k) * 6.3 if use_angles else None
+    outs, refs = run_triton_and_naive(q, key, value, angles, causal=causal)
+    assert outs[0].shape == (b, n, h, v) and outs[0].dtype == dtype
+    for name, ref, out, x in zip(["o", "dq", "dk", "dv"], refs, outs, (value, q, key, value), strict=True):
+        assert out.dtype == x.dtype, f"{name} has dtype {out.dtype}"
+        assert_close(name, ref, out, RATIO[dtype])
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("logits", ["randn", "plus_minus"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_extreme_logits(dtype, logits, causal):
+    b, n, h, k, v = 1, 50, 2, 8, 4
+    q, _, value = make_inputs(b, n, h, k, v, dtype)
+    if logits == "randn":
+        raw = (torch.randn(b, n, h, k) * 1e4).clamp(-3e4, 3e4)  # within the fp16 range
+    else:
+        raw = torch.where(torch.rand(b, n, h, k) < 0.5, 1e4, -1e4) + torch.randn(b, n, h, k)
+    angles = torch.rand(n, k) * 6.3
+    outs, refs = run_triton_and_naive(q, raw.to(dtype), value, angles, causal=causal)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert torch.isfinite(ref).all(), f"reference {name} is not finite"
+        # Nearly one-hot softmaxes make the exact dk ~0: judge its error on the scale of dv instead of its own.
+        atol = 2e-2 * rmse(refs[3]) if name == "dk" else 1e-6
+        assert_close(name, ref, out, 2e-2, atol=atol)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_extreme_logits_key_gradient_precision(causal):
+    # fp32 inputs, float64 truth: the fp32 normaliser is kept as (max, log-sum), so large logits keep precise dk.
+    q, key, value = make_inputs(2, 50, 2, 8, 4, torch.float32, key_scale=1e4)
+    do = torch.randn(2, 50, 2, 4)
+    outs, _ = run_triton_and_naive(q, key, value, do=do, causal=causal)
+    ref_inputs = [x.detach().double().requires_grad_() for x in (q, key, value)]
+    naive_additive_attention(*ref_inputs, causal=causal).backward(do.double())
+    assert_close("dk", ref_inputs[1].grad, outs[2].cpu(), 2e-2)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("use_angles", [False, True], ids=["plain", "angles"])
+def test_padded_tokens_contribute_nothing(use_angles, causal):
+    b, n, h, k, v = 1, 20, 2, 6, 5
+    q, key, value = (x.detach() for x in make_inputs(b, n, h, k, v, torch.float32))
+    padded = torch.zeros(n, dtype=torch.bool)
+    # The causal normaliser needs a real first token.
+    padded[[3, 4, 11, 16, 19] if causal else [0, 3, 4, 11, 19]] = True
+    key = key.masked_fill(padded[None, :, None, None], float("-inf"))
+    angles = torch.rand(n, k) * 6.3 if use_angles else None
+    outs, refs = run_triton_and_naive(q, key, value, angles, causal=causal)
+    # The dense twin agrees on the output and every gradient; its dk and dv at -inf logits are 0 as well.
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out.cpu(), 1e-5)
+    dk, dv = outs[2].cpu(), outs[3].cpu()
+    assert (dk[:, padded] == 0).all() and (dv[:, padded] == 0).all()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_non_contiguous_inputs(causal):
+    base = make_inputs(2, 33, 2, 12, 12, torch.float32)
+    # Every other head dim: strided views the op must not read as if they were contiguous.
+    q, key, value = (x.detach()[..., ::2] for x in base)
+    assert not q.is_contiguous()
+    outs, refs = run_triton_and_naive(q, key, value, torch.rand(33, 6) * 6.3, causal=causal)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out.cpu(), 1e-5)
+
+
+def test_poisoned_buffers_start_as_nan():
+    # The hook the autouse fixture relies on: without it a missed write could read back stale zeros.
+    buffer = triton_noncausal._empty((3, 4), torch.empty(0), torch.bfloat16)
+    assert buffer.isnan().all()
+
+
+@pytest.mark.parametrize("n", [15, 16, 17, 32, 33])
+def test_causal_chunk_boundaries(n):
+    # Sequences that end just before, at and just after a boundary of the kernel's chunks.
+    assert triton_causal.CHUNK_SIZE == 16, "the lengths above are chosen around multiples of the chunk size"
+    q, key, value = make_inputs(1, n, 1, 6, 5, torch.float32)
+    outs, refs = run_triton_and_naive(q, key, value, torch.rand(n, 6) * 6.3, causal=True)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out.cpu(), 1e-5)
+
+
+def test_angle_gradient_is_not_implemented():
+    q, key, value = make_inputs(1, 8, 1, 4, 4, torch.float32)
+    angles = torch.rand(8, 4).requires_grad_()
+    with pytest.raises(NotImplementedError, match="angles"):
+        additive_attention(q, key, value, angles=angles, impl="triton")
+
+
+def test_unknown_impl_raises():
+    q, key, value = make_inputs(1, 8, 1, 4, 4, torch.float32)
+    with pytest.raises(ValueError, match="impl"):
+        additive_attention(q, key, value, impl="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback of impl='auto'")
+def test_auto_stays_on_pytorch_for_cpu_tensors(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("impl='auto' sent CPU tensors to the Triton kernel")
+
+    monkeypatch.setattr(triton_noncausal, "noncausal_additive_attention", fail)
+    q, key, value = (x.detach() for x in make_inputs(1, 9, 2, 4, 3, torch.float32))
+    assert_close("o", naive_additive_attention(q, key, value), additive_attention(q, key, value), 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="impl='auto' picks Triton only for CUDA tensors")
+def test_auto_uses_triton_on_cuda():
+    q, key, value = (x.detach().cuda() for x in make_inputs(1, 9, 2, 4, 3, torch.float32))
+    assert additive_pytorch._triton_supports(q, key, value, angles=None)
+    assert not additive_pytorch._triton_supports(q, key, value, angles=torch.rand(9, 4, device="cuda").requires_grad_())
+    assert not additive_pytorch._triton_supports(q.double(), key.double(), value.double(), angles=None)
