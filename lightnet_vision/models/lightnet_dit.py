@@ -121,14 +121,18 @@ class LightNetDiT(nn.Module):
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
         tokens, grid = self.x_embedder(x)  # [B, N, D], (h, w)
         tokens = tokens + self.pos_tpe(tokens, grid)
-        angles = self.pos_lrpe(grid)  # [N, K]
         c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
+        # The condition also enters as one extra token, first, with MD-LRPE angle 0 (SPEC §3): an anchor at the
+        # grid's origin. MD-TPE and MD-LRPE are relative and MD-TPE is mirror-symmetric, so without it a token fed
+        # pure noise cannot tell where on the grid it is, and a denoiser cannot place a class's strokes.
+        tokens = torch.cat([c[:, None], tokens], dim=1)  # [B, 1 + N, D]
+        angles = self.pos_lrpe(grid, num_extra_tokens=1)  # [1 + N, K]
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, c, angles, use_reentrant=False)
             else:
                 tokens = block(tokens, c, angles)
-        tokens = self.final_layer(tokens, c)  # [B, N, p*p*C_out]
+        tokens = self.final_layer(tokens[:, 1:], c)  # [B, N, p*p*C_out]
         return self.unpatchify(tokens, grid)  # [B, C_out, H, W]
 
     def forward_with_cfg(self, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float) -> Tensor:
