@@ -178,3 +178,15 @@ def test_grad_checkpointing_gives_the_same_output_and_gradients():
 def test_no_weight_decay_names_are_parameters():
     model = tiny_dit()
     assert model.no_weight_decay() and model.no_weight_decay() <= dict(model.named_parameters()).keys()
+
+
+def test_a_constant_input_still_tells_mirrored_positions_apart():
+    # From pure noise (at the last timestep) a denoiser must place a class's strokes at absolute grid positions.
+    # MD-TPE and MD-LRPE are relative and mirror-symmetric, so the condition token at angle 0 is what breaks the
+    # symmetry: without it the output for a constant input equals its own mirror image.
+    model = wake(tiny_dit(patch_size=1, input_size=6)).eval()
+    with torch.no_grad():
+        model.x_embedder.proj.bias.normal_()  # a constant input reaches every token as the same vector
+        out = model(torch.zeros(2, 4, 6, 6), torch.tensor([999, 999]), torch.tensor([1, 3]))
+    assert (out - out.flip(-1)).abs().max() > 1e-3  # left and right differ
+    assert (out - out.flip(-2)).abs().max() > 1e-3  # top and bottom differ
