@@ -7,6 +7,7 @@ back from the pixels after loading and transforming.
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch import Trainer
 from PIL import Image
 
 # Class folders are created in this (unsorted) order; the DataModule must sort them.
@@ -61,3 +62,17 @@ def write_digit_pngs(directory: Path, count: int) -> list[Path]:
         Image.fromarray(pixels).save(path)  # 2-D uint8: mode L
         paths.append(path)
     return paths
+
+
+def cpu_trainer(tmp_path: Path, **kwargs) -> Trainer:
+    """A quiet single-process CPU Trainer writing under `tmp_path`; keyword arguments override the defaults."""
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+        "default_root_dir": tmp_path,
+    }
+    return Trainer(**{**defaults, **kwargs})

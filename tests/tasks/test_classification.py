@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from classification_helpers import cpu_trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -20,19 +20,6 @@ def tiny_lightnet(num_classes: int = 10, in_chans: int = 1) -> LightNet:
     return LightNet(
         img_size=16, patch_size=4, in_chans=in_chans, num_classes=num_classes, embed_dim=16, depth=1, num_heads=2
     )
-
-
-def tiny_trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "logger": False,
-        "default_root_dir": tmp_path,
-    }
-    return Trainer(**{**defaults, **kwargs})
 
 
 def adamw(params: list) -> torch.optim.Optimizer:
@@ -133,7 +120,7 @@ def test_training_step_with_mixup_and_cutmix(tmp_path):
     seen = []
     task.batch_mix.register_forward_hook(lambda module, args, out: seen.append(out[1]))
     data = TensorDataset(torch.randn(32, 1, 16, 16), torch.arange(32) % 10)
-    trainer = tiny_trainer(tmp_path, fast_dev_run=3)
+    trainer = cpu_trainer(tmp_path, fast_dev_run=3)
     trainer.fit(task, train_dataloaders=DataLoader(data, batch_size=8))
     assert len(seen) == 3
     assert all(targets.shape == (8, 10) for targets in seen)
@@ -148,7 +135,7 @@ def test_accuracy_is_over_samples_not_a_mean_of_batches(tmp_path):
     labels = torch.tensor([0, 0, 0, 0, 1, 6])
     task = ImageClassification(FixedLogits(7))
     loader = DataLoader(TensorDataset(images, labels), batch_size=4)
-    (results,) = tiny_trainer(tmp_path).test(task, dataloaders=loader, verbose=False)
+    (results,) = cpu_trainer(tmp_path).test(task, dataloaders=loader, verbose=False)
     assert results["test/acc1"] == pytest.approx(4 / 6)
     assert results["test/acc5"] == pytest.approx(5 / 6)
 
@@ -181,7 +168,7 @@ def test_fit_logs_the_documented_metrics_and_steps_the_schedule_per_step(tmp_pat
     data = DigitsDataModule(image_size=16, batch_size=16, augment=False)
     logger = CSVLogger(tmp_path, name="logs")
     limits = {"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2}
-    trainer = tiny_trainer(tmp_path, logger=logger, max_epochs=2, log_every_n_steps=1, **limits)
+    trainer = cpu_trainer(tmp_path, logger=logger, max_epochs=2, log_every_n_steps=1, **limits)
     trainer.fit(task, datamodule=data)
     (total_steps, steps_per_epoch), lr_schedule = calls
     assert (total_steps, steps_per_epoch) == (6, 3)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from classification_helpers import cpu_trainer
 from diffusion_helpers import (
     DIFFUSION_CONFIG,
     QUIET,
@@ -16,7 +17,6 @@ from diffusion_helpers import (
     tiny_dit,
     wake,
 )
-from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -68,19 +68,6 @@ def tiny_task(**overrides) -> LatentDiffusion:
     kwargs = {"model": wake(tiny_dit()), "diffusion": diffusion, "image_size": 8}
     kwargs |= {"sampler": "ddim", "num_sampling_steps": 2}
     return LatentDiffusion(**{**kwargs, **overrides})
-
-
-def cpu_trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "logger": False,
-        "default_root_dir": tmp_path,
-    }
-    return Trainer(**{**defaults, **kwargs})
 
 
 @pytest.fixture(scope="module")
