@@ -120,6 +120,62 @@ def test_non_contiguous_inputs(causal):
         assert_close(name, ref, out.cpu(), 1e-5)
 
 
+def run_split_and_naive(q, k, v, angles, num_splits):
+    """`run_triton_and_naive` for the non-causal kernel with a fixed number of programs along the tokens."""
+    q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in (q, k, v))
+    angles = None if angles is None else angles.to(DEVICE)
+    do = torch.randn(v.shape, device=DEVICE).to(v.dtype)
+    out = triton_noncausal.noncausal_additive_attention(q, k, v, angles, num_splits=num_splits)
+    out.backward(do)
+    ref_inputs = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref = naive_additive_attention(*ref_inputs, angles=angles)
+    ref.backward(do.float())
+    return (out, q.grad, k.grad, v.grad), (ref, *(x.grad for x in ref_inputs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("num_splits", [2, 3, 5, 100])
+def test_token_splits_match_naive(num_splits, dtype):
+    # 257 tokens are 5 blocks of 64: splits of 3, 2 (and 1) blocks, 1 block each, and more splits than blocks.
+    q, key, value = make_inputs(2, 257, 1, 10, 6, dtype)
+    outs, refs = run_split_and_naive(q, key, value, torch.rand(257, 10) * 6.3, num_splits)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out.cpu(), RATIO[dtype])
+
+
+def test_token_splits_with_a_split_of_padded_keys_only():
+    # The first split sees nothing but -inf keys in every channel: the merge must give it weight 0, not NaN.
+    q, key, value = (x.detach() for x in make_inputs(1, 200, 2, 8, 8, torch.float32))
+    key[:, :70] = float("-inf")
+    key[:, 150:] -= 50.0  # far below the first split's fallback reference of 0
+    outs, refs = run_split_and_naive(q, key, value, None, num_splits=4)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out.cpu(), 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("n", "num_splits", "expected"),
+    [(1, None, (64, 1)), (257, 1, (320, 1)), (257, 2, (192, 2)), (257, 3, (128, 3)), (257, 9, (64, 5))],
+)
+def test_token_splits_cover_the_sequence_in_whole_blocks(n, num_splits, expected):
+    tokens_per_split, splits = triton_noncausal.token_splits(n, 4, 64, torch.device("cpu"), num_splits)
+    assert (tokens_per_split, splits) == expected
+    assert tokens_per_split % 64 == 0 and (splits - 1) * tokens_per_split < n <= splits * tokens_per_split
+
+
+def test_merge_of_partial_states_equals_one_pass():
+    # Partials of 3 splits, built by hand in float64, merge into softmax_N(k)ᵀ v and its log-sum-exp.
+    k, v = torch.randn(30, 4, dtype=torch.float64) * 5, torch.randn(30, 3, dtype=torch.float64)
+    parts = [slice(0, 7), slice(7, 20), slice(20, 30)]
+    part_max = torch.stack([k[s].amax(0) for s in parts])[None]  # [1, 3, K]
+    part_sum = torch.stack([(k[s] - k[s].amax(0)).exp().sum(0) for s in parts])[None]
+    part_state = torch.stack([((k[s] - k[s].amax(0)).exp().T @ v[s]) for s in parts])
+    part_state = torch.stack([part_state, torch.zeros_like(part_state)], dim=1)[None]  # [1, 3, 2, K, V]
+    state, row_max, log_sum = triton_noncausal.merge_partial_states(part_max, part_sum, part_state)
+    torch.testing.assert_close(state[0, 0], k.softmax(0).T @ v)
+    torch.testing.assert_close(row_max[0] + log_sum[0], k.logsumexp(0))
+
+
 def test_poisoned_buffers_start_as_nan():
     # The hook the autouse fixture relies on: without it a missed write could read back stale zeros.
     buffer = triton_noncausal._empty((3, 4), torch.empty(0), torch.bfloat16)

@@ -12,7 +12,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lightnet_vision.kernels.additive.triton_noncausal import MAX_HEAD_DIM, _empty
+from lightnet_vision.kernels.additive.triton_blocks import (
+    accumulate_state,
+    apply_state,
+    apply_state_transposed,
+    dot_precision,
+    load_rows,
+    store_rows,
+)
+from lightnet_vision.kernels.additive.triton_noncausal import _empty, check_triton_inputs
 
 # Tokens per chunk: the intra-chunk block holds BT * BT * K fp32 weights.
 CHUNK_SIZE = 16
@@ -60,13 +68,14 @@ def _causal_fwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_ANGLES: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_bh = tl.program_id(0).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     offs_t, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
-    qk_ptr = i_b * N * H * K + i_h * K + offs_k[None, :]
-    v_ptr = i_b * N * H * V + i_h * V + offs_v[None, :]
+    qk_offset = i_b * N * H * K + i_h * K
+    v_offset = i_b * N * H * V + i_h * V
 
     # Log-normaliser at the end of the previous chunk (none yet: -inf) and the state normalised by it.
     m_b = tl.full([BK], float("-inf"), tl.float32)
@@ -76,29 +85,24 @@ def _causal_fwd_kernel(
     for start in range(0, N, BT):
         t = start + offs_t
         mask_t = t < N
-        mask_tk, mask_tv = mask_t[:, None] & mask_k[None, :], mask_t[:, None] & mask_v[None, :]
-        b_q = tl.load(q + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0).to(tl.float32)
-        b_k = tl.load(k + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=float("-inf")).to(tl.float32)
-        b_v = tl.load(v + v_ptr + t[:, None] * (H * V), mask=mask_tv, other=0.0).to(tl.float32)
+        b_q = load_rows(q + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        b_k = load_rows(k + qk_offset, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
+        b_v = load_rows(v + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
         theta = tl.zeros([BT, BK], dtype=tl.float32)
         if USE_ANGLES:
-            theta = tl.load(angles + t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0).to(tl.float32)
+            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
         m_t, r_t = _chunk_normaliser(b_k, m_b, r_b, offs_t)
-        tl.store(z_max + qk_ptr + t[:, None] * (H * K), m_t, mask=mask_tk)
-        tl.store(z_log + qk_ptr + t[:, None] * (H * K), r_t, mask=mask_tk)
+        store_rows(z_max + qk_offset, t, offs_k, mask_t, mask_k, H * K, m_t)
+        store_rows(z_log + qk_offset, t, offs_k, mask_t, mask_k, H * K, r_t)
 
         # Intra-chunk: scores[t, s] = Σ_c q_tc w_tsc, then scores @ v.
         w = _intra_weights(b_k, m_t, r_t, theta, offs_t, mask_t, USE_ANGLES)
         scores = tl.sum(b_q[:, None, :] * w, axis=2)  # [BT, BT]
-        b_o = tl.dot(scores, b_v, input_precision="ieee")
+        b_o = tl.dot(scores, b_v, input_precision=PRECISION)
         # Inter-chunk: the state so far, rescaled from z_before to z_t.
         q_decay = b_q * tl.exp((m_b[None, :] - m_t) + (r_b[None, :] - r_t))
-        if USE_ANGLES:
-            b_o += tl.dot(q_decay * tl.cos(theta), s_cos, input_precision="ieee")
-            b_o += tl.dot(q_decay * tl.sin(theta), s_sin, input_precision="ieee")
-        else:
-            b_o += tl.dot(q_decay, s_cos, input_precision="ieee")
-        tl.store(o + v_ptr + t[:, None] * (H * V), b_o.to(o.dtype.element_ty), mask=mask_tv)
+        b_o += apply_state(q_decay, theta, s_cos, s_sin, USE_ANGLES, PRECISION)
+        store_rows(o + v_offset, t, offs_v, mask_t, mask_v, H * V, b_o)
 
         # Carry the state to the end of the chunk: the normaliser of its last real token.
         last = tl.minimum(BT, N - start) - 1
@@ -107,11 +111,7 @@ def _causal_fwd_kernel(
         r_e = tl.sum(tl.where(is_last, r_t, 0.0), axis=0)
         carry = tl.exp((m_b - m_e) + (r_b - r_e))
         k_end = tl.exp((b_k - m_e[None, :]) - r_e[None, :])  # [BT, BK], 0 for padded tokens
-        if USE_ANGLES:
-            s_cos = carry[:, None] * s_cos + tl.dot(tl.trans(k_end * tl.cos(theta)), b_v, input_precision="ieee")
-            s_sin = carry[:, None] * s_sin + tl.dot(tl.trans(k_end * tl.sin(theta)), b_v, input_precision="ieee")
-        else:
-            s_cos = carry[:, None] * s_cos + tl.dot(tl.trans(k_end), b_v, input_precision="ieee")
+        s_cos, s_sin = accumulate_state(s_cos, s_sin, carry, k_end, theta, b_v, USE_ANGLES, PRECISION)
         m_b, r_b = m_e, r_e
 
 
@@ -136,13 +136,14 @@ def _causal_bwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_ANGLES: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_bh = tl.program_id(0).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     offs_t, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
-    qk_ptr = i_b * N * H * K + i_h * K + offs_k[None, :]
-    v_ptr = i_b * N * H * V + i_h * V + offs_v[None, :]
+    qk_offset = i_b * N * H * K + i_h * K
+    v_offset = i_b * N * H * V + i_h * V
 
     # Pass 1, forward in time: dq_t = Σ_{s<=t} w_ts rot_ts (do_t · v_s), and G = q ⊙ dq (the gradient through z_t).
     m_b = tl.full([BK], float("-inf"), tl.float32)
@@ -152,28 +153,24 @@ def _causal_bwd_kernel(
     for start in range(0, N, BT):
         t = start + offs_t
         mask_t = t < N
-        mask_tk, mask_tv = mask_t[:, None] & mask_k[None, :], mask_t[:, None] & mask_v[None, :]
-        b_q = tl.load(q + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0).to(tl.float32)
-        b_k = tl.load(k + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=float("-inf")).to(tl.float32)
-        b_v = tl.load(v + v_ptr + t[:, None] * (H * V), mask=mask_tv, other=0.0).to(tl.float32)
-        b_do = tl.load(do + v_ptr + t[:, None] * (H * V), mask=mask_tv, other=0.0).to(tl.float32)
-        m_t = tl.load(z_max + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0)
-        r_t = tl.load(z_log + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0)
+        mask_tk = mask_t[:, None] & mask_k[None, :]
+        b_q = load_rows(q + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        b_k = load_rows(k + qk_offset, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
+        b_v = load_rows(v + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
+        b_do = load_rows(do + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
+        m_t = load_rows(z_max + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        r_t = load_rows(z_log + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
         theta = tl.zeros([BT, BK], dtype=tl.float32)
         if USE_ANGLES:
-            theta = tl.load(angles + t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0).to(tl.float32)
+            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
         w = _intra_weights(b_k, m_t, r_t, theta, offs_t, mask_t, USE_ANGLES)
-        do_v = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")  # [BT(t), BT(s)]
+        do_v = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BT(t), BT(s)]
         b_dq = tl.sum(w * do_v[:, :, None], axis=1)
         # Rows past N read a normaliser of 0; they must not turn exp(z_before - z_t) into inf (and later 0 · inf).
         decay = tl.exp(tl.where(mask_tk, (m_b[None, :] - m_t) + (r_b[None, :] - r_t), float("-inf")))
-        if USE_ANGLES:
-            b_dq += decay * tl.cos(theta) * tl.dot(b_do, tl.trans(s_cos), input_precision="ieee")
-            b_dq += decay * tl.sin(theta) * tl.dot(b_do, tl.trans(s_sin), input_precision="ieee")
-        else:
-            b_dq += decay * tl.dot(b_do, tl.trans(s_cos), input_precision="ieee")
-        tl.store(dq + qk_ptr + t[:, None] * (H * K), b_dq.to(dq.dtype.element_ty), mask=mask_tk)
-        tl.store(g + qk_ptr + t[:, None] * (H * K), b_q * b_dq, mask=mask_tk)
+        b_dq += decay * apply_state_transposed(b_do, theta, s_cos, s_sin, USE_ANGLES, PRECISION)
+        store_rows(dq + qk_offset, t, offs_k, mask_t, mask_k, H * K, b_dq)
+        store_rows(g + qk_offset, t, offs_k, mask_t, mask_k, H * K, b_q * b_dq)
 
         last = tl.minimum(BT, N - start) - 1
         is_last = (offs_t == last)[:, None]
@@ -181,11 +178,7 @@ def _causal_bwd_kernel(
         r_e = tl.sum(tl.where(is_last, r_t, 0.0), axis=0)
         carry = tl.exp((m_b - m_e) + (r_b - r_e))
         k_end = tl.exp((b_k - m_e[None, :]) - r_e[None, :])
-        if USE_ANGLES:
-            s_cos = carry[:, None] * s_cos + tl.dot(tl.trans(k_end * tl.cos(theta)), b_v, input_precision="ieee")
-            s_sin = carry[:, None] * s_sin + tl.dot(tl.trans(k_end * tl.sin(theta)), b_v, input_precision="ieee")
-        else:
-            s_cos = carry[:, None] * s_cos + tl.dot(tl.trans(k_end), b_v, input_precision="ieee")
+        s_cos, s_sin = accumulate_state(s_cos, s_sin, carry, k_end, theta, b_v, USE_ANGLES, PRECISION)
         m_b, r_b = m_e, r_e
 
     # Pass 2, backward in time. Carried, relative to z at the end of the current chunk (z_e):
@@ -198,17 +191,17 @@ def _causal_bwd_kernel(
         start = (n_chunks - 1 - i) * BT
         t = start + offs_t
         mask_t = t < N
-        mask_tk, mask_tv = mask_t[:, None] & mask_k[None, :], mask_t[:, None] & mask_v[None, :]
-        b_q = tl.load(q + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0).to(tl.float32)
-        b_k = tl.load(k + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=float("-inf")).to(tl.float32)
-        b_v = tl.load(v + v_ptr + t[:, None] * (H * V), mask=mask_tv, other=0.0).to(tl.float32)
-        b_do = tl.load(do + v_ptr + t[:, None] * (H * V), mask=mask_tv, other=0.0).to(tl.float32)
-        b_g = tl.load(g + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0)
-        m_t = tl.load(z_max + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0)
-        r_t = tl.load(z_log + qk_ptr + t[:, None] * (H * K), mask=mask_tk, other=0.0)
+        mask_tk = mask_t[:, None] & mask_k[None, :]
+        b_q = load_rows(q + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        b_k = load_rows(k + qk_offset, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
+        b_v = load_rows(v + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
+        b_do = load_rows(do + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
+        b_g = load_rows(g + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        m_t = load_rows(z_max + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        r_t = load_rows(z_log + qk_offset, t, offs_k, mask_t, mask_k, H * K, 0.0)
         theta = tl.zeros([BT, BK], dtype=tl.float32)
         if USE_ANGLES:
-            theta = tl.load(angles + t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0).to(tl.float32)
+            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
         last = tl.minimum(BT, N - start) - 1
         is_last = (offs_t == last)[:, None]
         m_e = tl.sum(tl.where(is_last, m_t, 0.0), axis=0)
@@ -216,43 +209,32 @@ def _causal_bwd_kernel(
 
         # Inter-chunk: tokens of this chunk seen by every later step, through the carried dS and rg.
         k_end = tl.exp((b_k - m_e[None, :]) - r_e[None, :])  # exp(k_s - z_e), 0 for padded tokens
-        if USE_ANGLES:
-            cos, sin = tl.cos(theta), tl.sin(theta)
-            b_dv = tl.dot(k_end * cos, ds_cos, input_precision="ieee")
-            b_dv += tl.dot(k_end * sin, ds_sin, input_precision="ieee")
-            dk_num = cos * tl.dot(b_v, tl.trans(ds_cos), input_precision="ieee")
-            dk_num += sin * tl.dot(b_v, tl.trans(ds_sin), input_precision="ieee")
-        else:
-            b_dv = tl.dot(k_end, ds_cos, input_precision="ieee")
-            dk_num = tl.dot(b_v, tl.trans(ds_cos), input_precision="ieee")
+        b_dv = apply_state(k_end, theta, ds_cos, ds_sin, USE_ANGLES, PRECISION)
+        dk_num = apply_state_transposed(b_v, theta, ds_cos, ds_sin, USE_ANGLES, PRECISION)
         b_dk = k_end * (dk_num - rg[None, :])
 
         # Intra-chunk, t >= s inside the chunk.
         w = _intra_weights(b_k, m_t, r_t, theta, offs_t, mask_t, USE_ANGLES)  # [BT(t), BT(s), BK]
-        do_v = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")  # [BT(t), BT(s)]
+        do_v = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)  # [BT(t), BT(s)]
         scores = tl.sum(b_q[:, None, :] * w, axis=2)  # [BT(t), BT(s)]
-        b_dv += tl.dot(tl.trans(scores), b_do, input_precision="ieee")
+        b_dv += tl.dot(tl.trans(scores), b_do, input_precision=PRECISION)
         b_dk += tl.sum(w * (b_q[:, None, :] * do_v[:, :, None]), axis=0)
         # The z_t term: d z_t / d k_s = exp(k_s - z_t), without the rotation.
         w_plain = _intra_weights(b_k, m_t, r_t, theta, offs_t, mask_t, False)
         b_dk -= tl.sum(w_plain * b_g[:, None, :], axis=0)
-        tl.store(dk + qk_ptr + t[:, None] * (H * K), b_dk.to(dk.dtype.element_ty), mask=mask_tk)
-        tl.store(dv + v_ptr + t[:, None] * (H * V), b_dv.to(dv.dtype.element_ty), mask=mask_tv)
+        store_rows(dk + qk_offset, t, offs_k, mask_t, mask_k, H * K, b_dk)
+        store_rows(dv + v_offset, t, offs_v, mask_t, mask_v, H * V, b_dv)
 
         # Move the carries from z_e to z at the end of the previous chunk (z_b; -inf before the first chunk).
         prev = tl.maximum(start - 1, 0)
         has_prev = start > 0
-        m_b = tl.load(z_max + qk_ptr + prev * (H * K), mask=mask_k[None, :] & has_prev, other=float("-inf"))
-        r_b = tl.load(z_log + qk_ptr + prev * (H * K), mask=mask_k[None, :] & has_prev, other=0.0)
-        m_b, r_b = tl.sum(m_b, axis=0), tl.sum(r_b, axis=0)
+        prev_offset = qk_offset + prev * (H * K) + offs_k
+        m_b = tl.load(z_max + prev_offset, mask=mask_k & has_prev, other=float("-inf"))
+        r_b = tl.load(z_log + prev_offset, mask=mask_k & has_prev, other=0.0)
         carry = tl.exp((m_b - m_e) + (r_b - r_e))  # [BK]
         decay = tl.exp(tl.where(mask_tk, (m_b[None, :] - m_t) + (r_b[None, :] - r_t), float("-inf")))  # [BT, BK]
         q_decay = b_q * decay
-        if USE_ANGLES:
-            ds_cos = carry[:, None] * ds_cos + tl.dot(tl.trans(q_decay * cos), b_do, input_precision="ieee")
-            ds_sin = carry[:, None] * ds_sin + tl.dot(tl.trans(q_decay * sin), b_do, input_precision="ieee")
-        else:
-            ds_cos = carry[:, None] * ds_cos + tl.dot(tl.trans(q_decay), b_do, input_precision="ieee")
+        ds_cos, ds_sin = accumulate_state(ds_cos, ds_sin, carry, q_decay, theta, b_do, USE_ANGLES, PRECISION)
         rg = carry * rg + tl.sum(decay * b_g, axis=0)
 
 
@@ -284,6 +266,7 @@ def causal_fwd(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None) -> tuple[
         BK=bk,
         BV=bv,
         USE_ANGLES=angles is not None,
+        PRECISION=dot_precision(v.dtype),
     )
     return o, z_max, z_log
 
@@ -317,6 +300,7 @@ def causal_bwd(
         BK=bk,
         BV=bv,
         USE_ANGLES=angles is not None,
+        PRECISION=dot_precision(v.dtype),
     )
     return dq, dk, dv
 
@@ -352,13 +336,5 @@ def causal_additive_attention(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
     """
-    if max(k.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
-        raise ValueError(
-            f"the Triton additive attention supports head dims up to {MAX_HEAD_DIM}, got K={k.shape[-1]}, "
-            f"V={v.shape[-1]}"
-        )
-    if angles is not None and angles.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError("the Triton additive attention has no gradient for angles; use impl='torch'")
-    if angles is not None:
-        angles = angles.detach().contiguous()
+    angles = check_triton_inputs(k, v, angles)
     return CausalAdditiveAttentionFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), angles)
