@@ -5,7 +5,8 @@
 For each sequence length N: forward and forward+backward time (median of repeats after warm-up, CUDA events) of
 the Triton kernel, the PyTorch path of `additive_attention` and `scaled_dot_product_attention` (softmax attention),
 in bf16 with B=1, H=8 heads of K=V=64, plus the forward's achieved memory bandwidth (q, k, v read and o written,
-over the time; compare with the GPU's peak, about 4.8 TB/s on an H200). Prints a table and writes a CSV.
+over the time, and as a share of `--peak-gbps`, 4,800 GB/s for an H200). Prints a table with the Triton kernel's
+speed-up over the other two and writes a CSV. `benchmarks/gpu_check.sh` runs it after the CUDA correctness tests.
 """
 
 import argparse
@@ -67,20 +68,33 @@ def bench_length(n: int, heads: int = 8, head_dim: int = 64, dtype: torch.dtype 
     return rows
 
 
+def add_speedups(rows: list[dict], peak_gbps: float) -> None:
+    """Adds the share of peak bandwidth and, per row, how many times faster the Triton kernel is at the same N."""
+    triton_rows = {row["N"]: row for row in rows if row["impl"] == "triton"}
+    for row in rows:
+        fastest = triton_rows[row["N"]]
+        row["forward_peak_share"] = round(row["forward_GBps"] / peak_gbps, 3)
+        row["triton_speedup_forward"] = round(row["forward_ms"] / fastest["forward_ms"], 2)
+        row["triton_speedup_forward_backward"] = round(row["forward_backward_ms"] / fastest["forward_backward_ms"], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--csv", default="benchmarks/results/kernels.csv")
+    parser.add_argument("--peak-gbps", type=float, default=4800.0, help="the GPU's memory bandwidth (H200: 4,800)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU (the Triton kernels do not run natively on a CPU)")
     rows = [row for n in args.lengths for row in bench_length(n)]
+    add_speedups(rows, args.peak_gbps)
     device = torch.cuda.get_device_name()
     print(f"{device}, bf16, B=1, H=8, K=V=64, {datetime.date.today()}")
-    print(f"{'impl':>7} {'N':>7} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd GB/s':>9}")
+    columns = ["impl", "N", "forward_ms", "forward_backward_ms", "forward_GBps", "forward_peak_share"]
+    columns += ["triton_speedup_forward", "triton_speedup_forward_backward"]
+    print(" ".join(f"{name:>14.14}" for name in columns))
     for row in rows:
-        values = (row["impl"], row["N"], row["forward_ms"], row["forward_backward_ms"], row["forward_GBps"])
-        print("{:>7} {:>7} {:>9} {:>11} {:>9}".format(*values))
+        print(" ".join(f"{row[name]!s:>14}" for name in columns))
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
