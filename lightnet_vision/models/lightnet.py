@@ -27,6 +27,9 @@ class LightNet(nn.Module):
         qkv_bias: Add a bias to the q, k and v projections.
         drop_rate: Dropout before the head.
         drop_path_rate: Stochastic depth at the last block, rising linearly from 0 at the first.
+        grad_checkpointing: Recompute each block in the backward instead of storing its activations: the
+            activation memory of training falls to about one block plus one `[B, N, D]` tensor per block, for
+            roughly a third more compute. Same as `set_grad_checkpointing()`.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class LightNet(nn.Module):
         qkv_bias: bool = False,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -48,7 +52,7 @@ class LightNet(nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
-        self.grad_checkpointing = False
+        self.grad_checkpointing = grad_checkpointing
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_tpe = MDTPE(embed_dim, num_heads, num_axes=2)

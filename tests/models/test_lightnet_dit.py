@@ -175,6 +175,10 @@ def test_grad_checkpointing_gives_the_same_output_and_gradients():
         torch.testing.assert_close(param.grad, grads[name], msg=name)
 
 
+def test_grad_checkpointing_is_a_constructor_argument():
+    assert tiny_dit(grad_checkpointing=True).grad_checkpointing and not tiny_dit().grad_checkpointing
+
+
 def test_no_weight_decay_names_are_parameters():
     model = tiny_dit()
     assert model.no_weight_decay() and model.no_weight_decay() <= dict(model.named_parameters()).keys()

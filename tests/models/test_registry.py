@@ -57,6 +57,28 @@ def test_grad_checkpointing_changes_neither_output_nor_gradients(name):
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
+def test_grad_checkpointing_from_the_constructor_stores_only_block_inputs(name):
+    # A config turns checkpointing on with `grad_checkpointing: true`; the blocks' activations are then not kept.
+    x = torch.randn(2, 3, 32, 32)
+
+    def saved_bytes(model):
+        total = [0]
+
+        def pack(tensor):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(x)
+        return total[0]
+
+    plain = create_model(name, **SMALL)
+    checkpointed = create_model(name, **SMALL, grad_checkpointing=True)
+    assert checkpointed.grad_checkpointing and not plain.grad_checkpointing
+    assert saved_bytes(checkpointed) < saved_bytes(plain) / 2
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_forward_head_and_reset_classifier(name):
     model = create_model(name, num_classes=7, depth=1).eval()
     x = torch.randn(2, 3, 32, 32)

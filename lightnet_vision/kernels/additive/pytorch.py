@@ -41,10 +41,62 @@ def _duplicate(x: Tensor, rotated: bool) -> Tensor:
     return torch.cat([x, x], dim=-1) if rotated else x
 
 
-def _non_causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
-    k_bar = torch.softmax(k, dim=1)  # [B, N, H, K], log-sum-exp over the N tokens per channel
-    state = torch.einsum("bnhk,bnhv->bhkv", _expand(k_bar, cos, sin), v)  # [B, H, K', V]
-    return torch.einsum("bnhk,bhkv->bnhv", _expand(q, cos, sin), state)  # [B, N, H, V]
+def _fold(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
+    # The adjoint of `_expand`: a gradient w.r.t. [x cos Θ, x sin Θ] back to x.
+    if cos is None:
+        return x
+    x_cos, x_sin = x.chunk(2, dim=-1)
+    return x_cos * cos + x_sin * sin
+
+
+def _angle_grad(grad_expanded: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # d/dΘ of [x cos Θ, x sin Θ] against its gradient, summed over batch and heads: [N, K].
+    grad_cos, grad_sin = grad_expanded.chunk(2, dim=-1)
+    return (x * (grad_sin * cos - grad_cos * sin)).sum(dim=(0, 2))
+
+
+class _NonCausal(torch.autograd.Function):
+    """`o = q̃ (k̃ᵀ v)` with a hand-written backward that keeps only q, k, v, the `[B, H, K', V]` state and the
+    log-normaliser: the softmax-normalised keys and the 2K-wide rotated tensors are rebuilt in the backward instead of
+    being stored per layer. The formulas are those of README.md (Triton kernels, non-causal)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None) -> Tensor:
+        cos = sin = None
+        if angles is not None:
+            cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # [1, N, 1, K]
+        log_norm = torch.logsumexp(k, dim=1, keepdim=True)  # [B, 1, H, K], over the N tokens per channel
+        k_bar = torch.exp(k - log_norm)
+        state = torch.einsum("bnhk,bnhv->bhkv", _expand(k_bar, cos, sin), v)  # [B, H, K', V]
+        ctx.save_for_backward(q, k, v, angles, state, log_norm)
+        return torch.einsum("bnhk,bhkv->bnhv", _expand(q, cos, sin), state)  # [B, N, H, V]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        q, k, v, angles, state, log_norm = ctx.saved_tensors
+        cos = sin = None
+        if angles is not None:
+            cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+        k_bar = torch.exp(k - log_norm)
+        grad_state = torch.einsum("bnhk,bnhv->bhkv", _expand(q, cos, sin), grad_out)  # [B, H, K', V]
+        grad_q_expanded = torch.einsum("bnhv,bhkv->bnhk", grad_out, state)  # [B, N, H, K']
+        grad_k_expanded = torch.einsum("bnhv,bhkv->bnhk", v, grad_state)  # gradient w.r.t. the rotated k̄
+        grad_v = torch.einsum("bnhk,bhkv->bnhv", _expand(k_bar, cos, sin), grad_state)
+        # Through the softmax over tokens: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄), and Σ_n k̄ dk̄ = Σ_v S ⊙ dS (both halves).
+        correction = _fold_halves((state * grad_state).sum(dim=-1), rotated=cos is not None)  # [B, H, K]
+        grad_k = k_bar * (_fold(grad_k_expanded, cos, sin) - correction[:, None])
+        grad_angles = None
+        if ctx.needs_input_grad[3]:
+            grad_angles = _angle_grad(grad_q_expanded, q, cos, sin) + _angle_grad(grad_k_expanded, k_bar, cos, sin)
+        return _fold(grad_q_expanded, cos, sin), grad_k, grad_v, grad_angles
+
+
+def _fold_halves(x: Tensor, rotated: bool) -> Tensor:
+    # A sum over both halves of the expanded channel dim: [.., 2K] -> [.., K].
+    if not rotated:
+        return x
+    first, second = x.chunk(2, dim=-1)
+    return first + second
 
 
 def _causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, chunk_size: int) -> Tensor:
@@ -138,12 +190,12 @@ def additive_attention(
     out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        cos = sin = None
-        if angles is not None:
-            cos = angles.to(dtype).cos()[None, :, None, :]  # [1, N, 1, K]
-            sin = angles.to(dtype).sin()[None, :, None, :]
+        angles = None if angles is None else angles.to(dtype)
         if causal:
+            cos = sin = None
+            if angles is not None:
+                cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # [1, N, 1, K]
             out = _causal(q, k, v, cos, sin, chunk_size)
         else:
-            out = _non_causal(q, k, v, cos, sin)
+            out = _NonCausal.apply(q, k, v, angles)
     return out.to(out_dtype)
