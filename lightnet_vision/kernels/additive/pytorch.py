@@ -33,7 +33,13 @@ def _expand(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
     # MD-LRPE: [x cos Θ, x sin Θ], or x unchanged without angles.
     if cos is None:
         return x
-    return torch.cat([x * cos, x * sin], dim=-1)  # [B, N, H, 2K]
+    if torch.is_grad_enabled():
+        return torch.cat([x * cos, x * sin], dim=-1)  # [..., 2K]
+    # Outside autograd (the hand-written backward and inference) both halves are written in place: no cat.
+    expanded = x.new_empty(*x.shape[:-1], 2 * x.shape[-1])
+    torch.mul(x, cos, out=expanded[..., : x.shape[-1]])
+    torch.mul(x, sin, out=expanded[..., x.shape[-1] :])
+    return expanded
 
 
 def _duplicate(x: Tensor, rotated: bool) -> Tensor:
@@ -46,49 +52,54 @@ def _fold(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
     if cos is None:
         return x
     x_cos, x_sin = x.chunk(2, dim=-1)
-    return x_cos * cos + x_sin * sin
+    return torch.addcmul(x_cos * cos, x_sin, sin)
 
 
 def _angle_grad(grad_expanded: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # d/dΘ of [x cos Θ, x sin Θ] against its gradient, summed over batch and heads: [N, K].
+    # d/dΘ of [x cos Θ, x sin Θ] against its gradient, summed over batch and heads: [N, K] (head-major layout).
     grad_cos, grad_sin = grad_expanded.chunk(2, dim=-1)
-    return (x * (grad_sin * cos - grad_cos * sin)).sum(dim=(0, 2))
+    return (x * (grad_sin * cos - grad_cos * sin)).sum(dim=(0, 1))
 
 
 class _NonCausal(torch.autograd.Function):
     """`o = q̃ (k̃ᵀ v)` with a hand-written backward that keeps only q, k, v, the `[B, H, K', V]` state and the
     log-normaliser: the softmax-normalised keys and the 2K-wide rotated tensors are rebuilt in the backward instead of
-    being stored per layer. The formulas are those of README.md (Triton kernels, non-causal)."""
+    being stored per layer. The formulas are those of README.md (Triton kernels, non-causal). Inside, tensors are
+    head-major `[B, H, N, ·]`, so that every product is one batched matmul over contiguous (or transposed) operands;
+    the gradients go back as `[B, N, H, ·]` views."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None) -> Tensor:
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).contiguous()  # [B, H, N, ·]
         cos = sin = None
         if angles is not None:
-            cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # [1, N, 1, K]
-        log_norm = torch.logsumexp(k, dim=1, keepdim=True)  # [B, 1, H, K], over the N tokens per channel
+            cos, sin = angles.cos(), angles.sin()  # [N, K], broadcast over batch and heads
+        log_norm = torch.logsumexp(k, dim=2, keepdim=True)  # [B, H, 1, K], over the N tokens per channel
         k_bar = torch.exp(k - log_norm)
-        state = torch.einsum("bnhk,bnhv->bhkv", _expand(k_bar, cos, sin), v)  # [B, H, K', V]
+        state = _expand(k_bar, cos, sin).transpose(2, 3) @ v  # [B, H, K', V]
         ctx.save_for_backward(q, k, v, angles, state, log_norm)
-        return torch.einsum("bnhk,bhkv->bnhv", _expand(q, cos, sin), state)  # [B, N, H, V]
+        return (_expand(q, cos, sin) @ state).transpose(1, 2)  # [B, N, H, V]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         q, k, v, angles, state, log_norm = ctx.saved_tensors
         cos = sin = None
         if angles is not None:
-            cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+            cos, sin = angles.cos(), angles.sin()
+        grad_out = grad_out.transpose(1, 2).contiguous()  # [B, H, N, V]
         k_bar = torch.exp(k - log_norm)
-        grad_state = torch.einsum("bnhk,bnhv->bhkv", _expand(q, cos, sin), grad_out)  # [B, H, K', V]
-        grad_q_expanded = torch.einsum("bnhv,bhkv->bnhk", grad_out, state)  # [B, N, H, K']
-        grad_k_expanded = torch.einsum("bnhv,bhkv->bnhk", v, grad_state)  # gradient w.r.t. the rotated k̄
-        grad_v = torch.einsum("bnhk,bhkv->bnhv", _expand(k_bar, cos, sin), grad_state)
+        grad_state = _expand(q, cos, sin).transpose(2, 3) @ grad_out  # [B, H, K', V]
+        grad_q_expanded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
+        grad_k_expanded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the rotated k̄
+        grad_v = _expand(k_bar, cos, sin) @ grad_state  # [B, H, N, V]
         # Through the softmax over tokens: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄), and Σ_n k̄ dk̄ = Σ_v S ⊙ dS (both halves).
         correction = _fold_halves((state * grad_state).sum(dim=-1), rotated=cos is not None)  # [B, H, K]
-        grad_k = k_bar * (_fold(grad_k_expanded, cos, sin) - correction[:, None])
+        grad_k = k_bar * (_fold(grad_k_expanded, cos, sin) - correction[:, :, None])
         grad_angles = None
         if ctx.needs_input_grad[3]:
             grad_angles = _angle_grad(grad_q_expanded, q, cos, sin) + _angle_grad(grad_k_expanded, k_bar, cos, sin)
-        return _fold(grad_q_expanded, cos, sin), grad_k, grad_v, grad_angles
+        grad_q = _fold(grad_q_expanded, cos, sin)
+        return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), grad_angles
 
 
 def _fold_halves(x: Tensor, rotated: bool) -> Tensor:
