@@ -11,12 +11,12 @@
 | denoiser   | lightnet_dit_s_2              | diffusers DiTTransformer2DModel as DiT-S/2         | latent, 32..128 |
 | mixer      | LightNetAttention + MD-LRPE   | qkv Linear, scaled_dot_product_attention, proj     | grid, 16..128   |
 
-The mixers have width 384 and 6 heads (LightNet-S and DeiT-S); both denoisers predict 4 channels (no learned
-variance) for 1000 classes. Mode `train` is one optimiser step of a model (forward, cross-entropy against the labels
-or MSE against the noise, backward, AdamW) and forward + backward of a mixer (a fixed upstream gradient, no
-optimiser); mode `inference` is a forward in eval mode under `torch.no_grad()`. Throughput is images/s for the
-models and tokens/s for the mixers; every ratio is LightNet / peer (throughput above 1: LightNet is faster; memory
-below 1: LightNet needs less).
+The mixers come at the widths of the tiny and small classifiers (192 with 3 heads, 384 with 6); both denoisers
+predict 4 channels (no learned variance) for 1000 classes. Mode `train` is one optimiser step of a model (forward,
+cross-entropy against the labels or MSE against the noise, backward, AdamW) and forward + backward of a mixer (a
+fixed upstream gradient, no optimiser); mode `inference` is a forward in eval mode under `torch.no_grad()`.
+Throughput is images/s for the models and tokens/s for the mixers; every ratio is LightNet / peer (throughput above
+1: LightNet is faster; memory below 1: LightNet needs less).
 
 Timing: both sides get the same input tensors (seeded), the same dtype (fp32; `--bf16` autocasts the forward to
 bf16 on CUDA) and the same number of threads (`torch.set_num_threads`, recorded). Calls alternate A B A B, so a
@@ -71,7 +71,10 @@ MODES = ("train", "inference")
 PAIRS = {
     "classifier": [("lightnet_tiny", "deit_tiny_patch16_224"), ("lightnet_small", "deit_small_patch16_224")],
     "denoiser": [("lightnet_dit_s_2", "diffusers_dit_s_2")],
-    "mixer": [("lightnet_attention", "softmax_attention")],
+    "mixer": [
+        ("lightnet_attention_tiny", "softmax_attention_tiny"),
+        ("lightnet_attention_small", "softmax_attention_small"),
+    ],
 }
 SIZES = {"classifier": [224, 448, 896], "denoiser": [32, 64, 128], "mixer": [16, 32, 64, 128]}
 QUICK_SIZES = {"classifier": [32, 64], "denoiser": [8, 16], "mixer": [4, 8]}
@@ -85,7 +88,8 @@ SIZE_LABELS = {"classifier": "image side", "denoiser": "latent side", "mixer": "
 NUM_CLASSES = 1000
 NUM_TIMESTEPS = 1000
 LATENT_CHANNELS = 4
-MIXER_WIDTH, MIXER_HEADS = 384, 6
+# (width, heads) of the mixers, as in the tiny and small classifiers (DeiT-Ti and DeiT-S): heads of 64 channels.
+MIXER_SHAPES = {"tiny": (192, 3), "small": (384, 6)}
 # A pair whose first call takes longer than this is timed with one warm-up round and at most 3 timed rounds.
 SLOW_CALL_SECONDS = 2.0
 SLOW_CALL_REPEATS = 3
@@ -137,15 +141,20 @@ def build_model(family: str, name: str, size: int) -> nn.Module:
             sample_size=size,
             num_embeds_ada_norm=NUM_CLASSES,
         )
-    if name == "lightnet_attention":
-        return LightNetAttention(MIXER_WIDTH, MIXER_HEADS)
-    if name == "softmax_attention":
-        return SoftmaxAttention(MIXER_WIDTH, MIXER_HEADS)
+    if name.startswith("lightnet_attention"):
+        return LightNetAttention(*mixer_shape(name))
+    if name.startswith("softmax_attention"):
+        return SoftmaxAttention(*mixer_shape(name))
     raise ValueError(f"no model {name!r} in family {family!r}")
 
 
-def make_inputs(family: str, size: int, batch: int, device: str) -> dict[str, Tensor]:
-    """The tensors both sides of a pair are fed, the same for every call."""
+def mixer_shape(name: str) -> tuple[int, int]:
+    """(width, heads) of a mixer from the suffix of its name, e.g. `lightnet_attention_tiny`."""
+    return MIXER_SHAPES[name.rsplit("_", 1)[1]]
+
+
+def make_inputs(family: str, size: int, batch: int, device: str, name: str = "") -> dict[str, Tensor]:
+    """The tensors both sides of a pair are fed, the same for every call (`name`: either side, for a mixer's width)."""
     generator = torch.Generator().manual_seed(0)
     if family == "classifier":
         inputs = {
@@ -161,11 +170,12 @@ def make_inputs(family: str, size: int, batch: int, device: str) -> dict[str, Te
         }
     else:
         n = size * size
+        width, heads = mixer_shape(name)
         inputs = {
-            "tokens": torch.randn(batch, n, MIXER_WIDTH, generator=generator),
+            "tokens": torch.randn(batch, n, width, generator=generator),
             # The MD-LRPE angles of a square grid, as the classifier computes them once for all its blocks.
-            "angles": MDLRPE(MIXER_WIDTH // MIXER_HEADS, num_axes=2)((size, size)),  # [N, K]
-            "upstream": torch.randn(batch, n, MIXER_WIDTH, generator=generator),
+            "angles": MDLRPE(width // heads, num_axes=2)((size, size)),  # [N, K]
+            "upstream": torch.randn(batch, n, width, generator=generator),
         }
     return {key: value.to(device) for key, value in inputs.items()}
 
@@ -178,7 +188,7 @@ def run_forward(model: nn.Module, name: str, inputs: dict[str, Tensor]) -> Tenso
         return model(latents, timestep=timesteps, class_labels=labels, return_dict=False)[0]  # [B, C, H, W]
     if "latents" in inputs:
         return model(inputs["latents"], inputs["timesteps"], inputs["labels"])  # [B, C, H, W]
-    if name == "lightnet_attention":
+    if name.startswith("lightnet_attention"):
         return model(inputs["tokens"], inputs["angles"])  # [B, N, D]
     return model(inputs["tokens"])  # [B, N, D]
 
@@ -228,7 +238,7 @@ def make_inference_call(name: str, model: nn.Module, inputs: dict[str, Tensor], 
 def train_step_from_scratch(family: str, name: str, size: int, batch: int, device: str, bf16: bool) -> Callable:
     """A train step with its own model and inputs; picklable through functools.partial, for the memory process."""
     model = build_model(family, name, size).to(device).train()
-    return make_train_step(family, name, model, make_inputs(family, size, batch, device), bf16)
+    return make_train_step(family, name, model, make_inputs(family, size, batch, device, name), bf16)
 
 
 @dataclass
@@ -427,8 +437,8 @@ def run_family(family: str, sizes: list[int], batch_size: int | None, settings: 
     skipped_before: dict[tuple[str, str], str] = {}
     for size in sorted(sizes):
         batch = batch_size or default_batch_size(family, size)
-        inputs = make_inputs(family, size, batch, settings.device)
         for lightnet, peer in PAIRS[family]:
+            inputs = make_inputs(family, size, batch, settings.device, lightnet)
             models = {name: build_model(family, name, size).to(settings.device) for name in (lightnet, peer)}
             for mode in MODES:
                 row = measure_pair(family, mode, size, batch, models, inputs, settings, skipped_before)
