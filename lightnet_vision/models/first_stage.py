@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
+from lightnet_vision.checkpoints import load_checkpoint
 from lightnet_vision.models.autoencoder import KLAutoencoder
 
 
@@ -53,7 +54,10 @@ class FirstStage(nn.Module):
 
     @classmethod
     def load(cls, source: str, scale: float | None = None) -> "FirstStage":
-        """`source`: "pixel", a `.ckpt` of the `Autoencoder` task, or a diffusers directory / hub id."""
+        """`source`: "pixel", a `.ckpt` of the `Autoencoder` task, or a diffusers directory / hub id.
+
+        Neither kind of file can run code when read: the checkpoint is read with `torch.load(weights_only=True)`,
+        and diffusers reads safetensors files (or `.bin` files with `weights_only=True`)."""
         if source == "pixel":
             return cls(None, 1.0 if scale is None else scale)
         if source.endswith(".ckpt"):
@@ -65,7 +69,7 @@ class FirstStage(nn.Module):
     def from_autoencoder_checkpoint(cls, path: str, scale: float | None = None) -> "FirstStage":
         if not Path(path).is_file():
             raise FileNotFoundError(f"autoencoder checkpoint {path} does not exist")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)  # weights_only: a file carrying pickled code is refused, not run
         config = checkpoint.get("hyper_parameters", {}).get("model", {})
         if not (isinstance(config, dict) and config.get("class_path", "").endswith("KLAutoencoder")):
             raise ValueError(f"{path} is not a checkpoint of the Autoencoder task with a KLAutoencoder model")

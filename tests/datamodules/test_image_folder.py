@@ -44,11 +44,10 @@ def test_classes_batches_and_labels(folder, in_chans):
 
 def test_yaml_transforms_are_applied(tmp_path):
     # An image that is dark on the left and bright on the right, so a horizontal flip shows.
-    write_image_folder(tmp_path, splits=("val",))
+    write_image_folder(tmp_path, splits=("train", "val"))
     pixels = np.zeros((16, 16, 3), dtype=np.uint8)
     pixels[:, 8:] = 255
     path = tmp_path / "train" / "ant" / "half.png"
-    path.parent.mkdir(parents=True)
     Image.fromarray(pixels).save(path)
     resize = {"__class_fullname__": "Resize", "height": 16, "width": 16, "p": 1.0}
     data = ImageFolderDataModule(
