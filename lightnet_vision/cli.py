@@ -1,18 +1,32 @@
 """The `lightnet-vision` command: LightningCLI with the links that keep data and model in agreement."""
 
+import pickle
 import sys
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightnet_vision.callbacks import PredictionCSVWriter
+from lightnet_vision.callbacks import NonFiniteLoss, PredictionCSVWriter
+from lightnet_vision.checkpoints import unsafe_checkpoint_error
+from lightnet_vision.checks import check_checkpoint_classes
+from lightnet_vision.plugins import AtomicCheckpointIO
 
 
 class LightNetCLI(LightningCLI):
     """LightningCLI with the data-to-model links, where a checkpoint's hyperparameters never override what the
-    user typed: defaults < checkpoint (`--ckpt_path`) < config files < command line."""
+    user typed: defaults < checkpoint (`--ckpt_path`) < config files < command line.
+
+    Two defaults make a fit safe to kill: checkpoints are written atomically (`AtomicCheckpointIO`, unless the config
+    names another CheckpointIO plugin), and a NaN or infinite loss stops the fit after saving the last good state
+    (`NonFiniteLoss("stop")`, unless the config lists a `NonFiniteLoss` of its own, e.g. with `action: skip`).
+
+    Checkpoints are read with `weights_only=True` (the default of `--weights_only`): one that carries pickled code
+    is refused with an `UnsafeCheckpointError` naming it, and the code never runs.
+    """
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         self._given_args = args
@@ -23,12 +37,23 @@ class LightNetCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the parsed config
+        try:
+            super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the parsed config
+        except pickle.UnpicklingError as error:  # Lightning reads it with weights_only=True
+            raise unsafe_checkpoint_error(ckpt_path, error) from error
         given = self._given_args
         if isinstance(given, (dict, Namespace)):
             self.config = self.parser.parse_object(given, self.config)
         else:
             self.config = self.parser.parse_args(sys.argv[1:] if given is None else given, namespace=self.config)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # The Trainer's own `weights_only=None` lets torch.load run pickled code in remote (http) checkpoints, and in
+        # any checkpoint before torch 2.6.
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            parser.set_defaults(weights_only=True)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Values the data decides are linked into the model, never typed twice in a config. A link whose target
@@ -42,6 +67,19 @@ class LightNetCLI(LightningCLI):
         ]:
             parser.link_arguments(source, target, apply_on="instantiate")
 
+    def after_instantiate_classes(self) -> None:
+        # A checkpoint to restore must have been trained on the data's classes; see lightnet_vision/checks.py.
+        if self.subcommand is not None:
+            check_checkpoint_classes(self.datamodule, self.config_init[self.subcommand].get("ckpt_path"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: no other was asked for
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(callback, NonFiniteLoss) for callback in trainer.callbacks):
+            trainer.callbacks.insert(0, NonFiniteLoss())
+        return trainer
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
     """The CLI on `args` (the command line when None); with `run=False` it only builds trainer, model and data."""
@@ -51,6 +89,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        # No argparse prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs.
+        parser_kwargs={"allow_abbrev": False},
         trainer_defaults={"callbacks": [PredictionCSVWriter()]},
         args=args,
         run=run,

@@ -17,6 +17,7 @@ import torch
 from sklearn.svm import SVC
 from torchvision.utils import make_grid, save_image
 
+from lightnet_vision.checkpoints import load_checkpoint
 from lightnet_vision.cli import build_cli
 from lightnet_vision.datamodules import DigitsDataModule
 
@@ -29,7 +30,7 @@ def classify(argv: list[str]) -> float:
     best = cli.trainer.checkpoint_callback.best_model_path
     # The checkpoint's state_dict holds the EMA weights when EMAWeightAveraging is on. trainer.test(ckpt_path=...)
     # inside the fitting process would restore the raw weights instead, so they are loaded here.
-    cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    cli.model.load_state_dict(load_checkpoint(best)["state_dict"])
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule)
     accuracy = results[0]["test/acc1"]
     print(f"\nbest checkpoint: {best}")

@@ -31,9 +31,10 @@ class PredictionCSVWriter(BasePredictionWriter):
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, rows)
             rows = sorted({row for part in gathered for row in part})  # a sampler may pad with repeats
+        # `trainer.log_dir` is a collective call (a broadcast from rank 0): every process must make it.
+        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv")
         if not trainer.is_global_zero:
             return
-        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)

@@ -78,10 +78,12 @@ class SampleImages(Callback):
         if trainer.global_step == 0 or trainer.global_step - self._last_step < self.every_n_steps:
             return
         self._last_step = trainer.global_step
-        self._log_grid(trainer, pl_module)
+        # `trainer.log_dir` is a collective call (a broadcast from rank 0): every process must make it.
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "sample_grids"
+        self._log_grid(trainer, pl_module, folder)
 
     @rank_zero_only
-    def _log_grid(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _log_grid(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> None:
         was_training = pl_module.training
         pl_module.eval()
         grid = self.grid(pl_module)
@@ -89,6 +91,5 @@ class SampleImages(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, trainer.global_step)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "sample_grids"
         folder.mkdir(parents=True, exist_ok=True)
         save_image(grid, folder / f"step{trainer.global_step:07d}.png")

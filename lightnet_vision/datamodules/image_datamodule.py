@@ -5,10 +5,19 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader import sampler as torchdata_sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from lightnet_vision.datamodules.datasets import UnlabeledImageFiles
+
+
+class ResumableRandomSampler(torchdata_sampler.RandomSampler, RandomSampler):
+    """torchdata's shuffle, whose position and generator a StatefulDataLoader saves and restores, typed also as
+    PyTorch's RandomSampler. Lightning then replaces it under DDP by a plain DistributedSampler, whose order follows
+    from the seed and the epoch, so a resumed fit can skip into it; any other sampler it wraps, and the order then
+    comes from this sampler's generator, which the checkpoint of a multi-process fit does not hold."""
 
 
 def list_images(directory: str | Path) -> list[Path]:
@@ -49,6 +58,18 @@ class ImageDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no {split} split")
+        if shuffle:
+            # The training loader is a StatefulDataLoader: a checkpoint saved mid-epoch records how far into the
+            # epoch's order it got, and a resumed fit goes on from there instead of starting the epoch over.
+            return StatefulDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=ResumableRandomSampler(dataset),
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
+                drop_last=len(dataset) > self.batch_size,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

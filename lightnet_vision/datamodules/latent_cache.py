@@ -2,7 +2,9 @@
 
 A cache folder holds `index.json` (what was encoded and how), `stats.json` (per-channel mean and std of the
 latents) and safetensors shards `<split>-<n>.safetensors` with `latents` `[n, C, h, w]` (fp16) and `labels` `[n]`.
-Every image is stored twice, as is and flipped horizontally, as DiT does for ImageNet.
+Every image is stored twice, as is and flipped horizontally, as DiT does for ImageNet. Nothing in a cache is a
+pickle: the shards are safetensors (raw tensor bytes after a JSON header) and the rest is JSON, so reading a cache
+someone else made cannot run code.
 """
 
 import json
@@ -15,8 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightnet_vision.datamodules.image_datamodule import ImageDataModule
+from lightnet_vision.datamodules.image_datamodule import ImageDataModule, ResumableRandomSampler
 from lightnet_vision.models.first_stage import FirstStage
 
 
@@ -78,6 +81,7 @@ def write_latent_cache(
         if labels:
             shards.append(_write_shard(cache_dir, f"{split}-{len(shards):05d}", latents, labels))
         index["splits"][split] = shards
+    source.teardown("fit")  # an image folder lists the unreadable files it skipped
     mean = total / count
     stats = {"mean": mean.tolist(), "std": (sumsq / count - mean**2).clamp_min(0).sqrt().tolist()}
     (cache_dir / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -194,10 +198,11 @@ class LatentCacheDataModule(LightningDataModule):
             self.val_set = LatentShards(self.cache_dir, index["splits"]["val"])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # Stateful, so that a fit resumed from a mid-epoch checkpoint goes on where the epoch's order stopped.
+        return StatefulDataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=ResumableRandomSampler(self.train_set),
             drop_last=len(self.train_set) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 
 from lightnet_vision.models.autoencoder import KLAutoencoder
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable
+from lightnet_vision.tasks.optim import OptimizerCallable, restore_train_loader_position, train_loader_states
 
 
 def _adam(params: list) -> Optimizer:
@@ -46,6 +46,7 @@ class Autoencoder(LightningModule):
         self.reconstruction_loss = F.l1_loss if reconstruction_loss == "l1" else F.mse_loss
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self._latent_moments: list[Tensor] = []
+        self._train_loader_states: list[dict] = []  # the loader position of the checkpoint a fit resumes from
 
     @property
     def vae(self) -> AutoencoderKL:
@@ -61,7 +62,7 @@ class Autoencoder(LightningModule):
         reconstruction, _, kl = self(images)
         rec = self.reconstruction_loss(reconstruction, images)
         loss = rec + self.kl_weight * kl
-        self.log_dict({"train/loss": loss, "train/rec": rec, "train/kl": kl}, prog_bar=True)
+        self.log_dict({"train/loss": loss, "train/rec": rec, "train/kl": kl}, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -89,6 +90,11 @@ class Autoencoder(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_task_hyperparameters(self, checkpoint)
+        self._train_loader_states = train_loader_states(checkpoint)
+
+    def on_train_start(self) -> None:
+        restore_train_loader_position(self.trainer, self._train_loader_states)
+        self._train_loader_states = []
 
     def configure_optimizers(self) -> Optimizer:
         return self.optimizer(self.model.parameters())

@@ -10,7 +10,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
+from lightnet_vision.tasks.optim import (
+    OptimizerCallable,
+    SchedulerCallable,
+    configure_optimizers,
+    restore_train_loader_position,
+    train_loader_states,
+)
 from lightnet_vision.tasks.schedules import WarmupCosineLR
 
 
@@ -62,6 +68,7 @@ class ImageClassification(LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self._train_loader_states: list[dict] = []  # the loader position of the checkpoint a fit resumes from
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -71,7 +78,8 @@ class ImageClassification(LightningModule):
         if self.batch_mix is not None:
             images, labels = self.batch_mix(images, labels)  # labels become soft targets [B, classes]
         loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True)
+        # Averaged over the processes, so the curve under DDP is that of the global batch.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
@@ -98,8 +106,19 @@ class ImageClassification(LightningModule):
         confidence, index = probs.max(dim=-1)
         return {"paths": list(paths), "index": index.tolist(), "probability": confidence.tolist()}
 
+    def setup(self, stage: str) -> None:
+        # Classes, channels and patch grid must agree with the data before the first step (lightnet_vision/checks.py).
+        from lightnet_vision.checks import check_classifier_data
+
+        check_classifier_data(self.trainer.datamodule, self.model)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_task_hyperparameters(self, checkpoint)
+        self._train_loader_states = train_loader_states(checkpoint)
+
+    def on_train_start(self) -> None:
+        restore_train_loader_position(self.trainer, self._train_loader_states)
+        self._train_loader_states = []
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self, self.model, self.optimizer, self.lr_scheduler)

@@ -14,7 +14,13 @@ from lightnet_vision.diffusion import GaussianDiffusion
 from lightnet_vision.diffusion.gaussian import Sampler
 from lightnet_vision.models.first_stage import FirstStage
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
+from lightnet_vision.tasks.optim import (
+    OptimizerCallable,
+    SchedulerCallable,
+    configure_optimizers,
+    restore_train_loader_position,
+    train_loader_states,
+)
 
 
 def _adamw(params: list) -> Optimizer:
@@ -91,6 +97,7 @@ class LatentDiffusion(LightningModule):
         self.output_dir = output_dir
         self.class_names = class_names
         self._predicted: list[tuple[Tensor, Tensor, Tensor]] = []  # (labels, indices, uint8 images) per batch
+        self._train_loader_states: list[dict] = []  # the loader position of the checkpoint a fit resumes from
 
     @property
     def first_stage(self) -> FirstStage:
@@ -119,7 +126,7 @@ class LatentDiffusion(LightningModule):
         latents, labels = self._latents(batch)
         y = self._labels(labels)
         loss = self.diffusion.training_loss(lambda x, t: self.model(x, t, y), latents)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -194,30 +201,76 @@ class LatentDiffusion(LightningModule):
         return torch.Generator().manual_seed(self.predict_seed * 1_000_003 + index)
 
     def on_predict_epoch_end(self) -> None:
-        if not self._predicted:
-            return
-        labels = torch.cat([item[0] for item in self._predicted])
-        indices = torch.cat([item[1] for item in self._predicted])
-        images = torch.cat([item[2] for item in self._predicted])
+        # Every process takes part in the gather and in `log_dir` (both collective), also one given no samples.
+        if self._predicted:
+            labels, indices, images = (torch.cat(parts) for parts in zip(*self._predicted, strict=True))
+        else:
+            labels, indices, images = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), None
         self._predicted.clear()
-        gathered = self.all_gather({"labels": labels, "indices": indices, "images": images})
-        if not self.trainer.is_global_zero:
-            return
-        if gathered["labels"].dim() > labels.dim():  # several processes: [world, ...] -> [world * ...]
-            gathered = {key: value.flatten(0, 1) for key, value in gathered.items()}
-        order = torch.argsort(gathered["indices"])
-        unique = torch.ones_like(order, dtype=torch.bool)
-        unique[1:] = gathered["indices"][order][1:] != gathered["indices"][order][:-1]  # a sampler may repeat items
-        order = order[unique]
+        labels, indices, images = gather_uneven(self, labels, indices, images)
         out = Path(self.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
-        write_samples(out, gathered["images"][order].cpu().numpy(), gathered["labels"][order].cpu().numpy())
+        if not self.trainer.is_global_zero or images is None:
+            return
+        order = torch.argsort(indices)
+        unique = torch.ones_like(order, dtype=torch.bool)
+        unique[1:] = indices[order][1:] != indices[order][:-1]  # a sampler may repeat items
+        order = order[unique]
+        write_samples(out, images[order].cpu().numpy(), labels[order].cpu().numpy())
         print(f"wrote {len(order)} samples to {out / 'samples'} and {out / 'samples.npz'}")
+
+    def setup(self, stage: str) -> None:
+        # Classes, latent channels and latent patch grid must agree with the data before the first step
+        # (lightnet_vision/checks.py).
+        from lightnet_vision.checks import check_denoiser_data
+
+        check_denoiser_data(self.trainer.datamodule, self.model, self._first_stage[0], self.class_conditional)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_task_hyperparameters(self, checkpoint)
+        self._train_loader_states = train_loader_states(checkpoint)
+
+    def on_train_start(self) -> None:
+        restore_train_loader_position(self.trainer, self._train_loader_states)
+        self._train_loader_states = []
+        if self.trainer.world_size > 1:
+            # `seed_everything` gives every process the same seed: each would draw the same noise and timesteps for
+            # its own images. Seeded apart (as DiT does), the global batch gets as many independent draws as images.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self, self.model, self.optimizer, self.lr_scheduler)
+
+
+def gather_uneven(
+    task: LightningModule, labels: Tensor, indices: Tensor, images: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every process's `(labels [n], indices [n], images [n, H, W, C])`, concatenated, on every process.
+
+    Lightning's predict sampler does not pad, so processes hold different numbers of samples (a process may hold
+    none: `images` None). Each process pads its share to the largest before the gather and the padding is dropped
+    after it. One process: the arguments as they are.
+    """
+    if task.trainer.world_size == 1:
+        return labels, indices, images
+    device = task.device
+    count = labels.shape[0]
+    shape = torch.tensor([count, *(images.shape[1:] if images is not None else (0, 0, 0))], device=device)
+    shapes = task.all_gather(shape)  # [world, 4]
+    most, image_shape = int(shapes[:, 0].max()), shapes[:, 1:].max(dim=0).values.tolist()
+    if most == 0:
+        return labels, indices, None
+    if images is None:
+        images = torch.zeros(0, *image_shape, dtype=torch.uint8)
+
+    def padded(x: Tensor) -> Tensor:
+        return torch.cat([x, x.new_zeros(most - count, *x.shape[1:])]).to(device)
+
+    gathered = task.all_gather({"labels": padded(labels), "indices": padded(indices), "images": padded(images)})
+    counts = shapes[:, 0].tolist()
+    return tuple(
+        torch.cat([part[:n] for part, n in zip(gathered[key], counts, strict=True)])  # [sum of counts, ...]
+        for key in ("labels", "indices", "images")
+    )
 
 
 def to_uint8(images: Tensor) -> Tensor:
