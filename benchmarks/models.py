@@ -113,9 +113,17 @@ class SoftmaxAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(batch, n, dim))  # [B, N, D]
 
 
+# A LightNet model name with this suffix is built with gradient checkpointing (`--grad-checkpointing`).
+GRAD_CHECKPOINTING = "+grad_checkpointing"
+
+
 def build_model(family: str, name: str, size: int) -> nn.Module:
     """One side of a pair, for inputs of side `size`, with fresh (seeded) weights."""
     torch.manual_seed(0)
+    if name.endswith(GRAD_CHECKPOINTING):
+        model = build_model(family, name.removesuffix(GRAD_CHECKPOINTING), size)
+        model.set_grad_checkpointing(True)
+        return model
     if family == "classifier" and name.startswith("lightnet"):
         return create_model(name, img_size=size, num_classes=NUM_CLASSES)
     if family == "classifier":
@@ -431,13 +439,17 @@ def default_batch_size(family: str, size: int) -> int:
     return max(1, TOKENS_PER_CALL[family] // (size // PATCH_SIZE[family]) ** 2)
 
 
-def run_family(family: str, sizes: list[int], batch_size: int | None, settings: Settings) -> list[dict]:
+def run_family(
+    family: str, sizes: list[int], batch_size: int | None, settings: Settings, grad_checkpointing: bool = False
+) -> list[dict]:
     """Every pair of a family at every size, train then inference; sizes in increasing order."""
     rows = []
     skipped_before: dict[tuple[str, str], str] = {}
     for size in sorted(sizes):
         batch = batch_size or default_batch_size(family, size)
         for lightnet, peer in PAIRS[family]:
+            if grad_checkpointing and family != "mixer":
+                lightnet += GRAD_CHECKPOINTING
             inputs = make_inputs(family, size, batch, settings.device, lightnet)
             models = {name: build_model(family, name, size).to(settings.device) for name in (lightnet, peer)}
             for mode in MODES:
@@ -577,6 +589,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="autocast the forward to bf16 (CUDA)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="skip a side whose call takes longer")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="LightNet models recompute their blocks in the backward"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, batch 2, one timed round: a smoke test")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/models.csv"), help="CSV; PNG beside")
     args = parser.parse_args(argv)
@@ -611,7 +626,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for family in args.only:
         sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)[family]
         batch_size = batch_sizes.get(family, QUICK_BATCH_SIZE if args.quick else None)
-        rows += run_family(family, sizes, batch_size, settings)
+        rows += run_family(family, sizes, batch_size, settings, args.grad_checkpointing)
 
     write_csv(rows, description, args.out)
     plot_path = args.out.with_suffix(".png")
