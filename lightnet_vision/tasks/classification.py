@@ -9,6 +9,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
+from lightnet_vision.checks import check_classifier_data
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
 from lightnet_vision.tasks.optim import (
     OptimizerCallable,
@@ -108,8 +109,6 @@ class ImageClassification(LightningModule):
 
     def setup(self, stage: str) -> None:
         # Classes, channels and patch grid must agree with the data before the first step (lightnet_vision/checks.py).
-        from lightnet_vision.checks import check_classifier_data
-
         check_classifier_data(self.trainer.datamodule, self.model)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightnet_vision.checks import check_denoiser_data
 from lightnet_vision.diffusion import GaussianDiffusion
 from lightnet_vision.diffusion.gaussian import Sampler
 from lightnet_vision.models.first_stage import FirstStage
@@ -221,8 +222,6 @@ class LatentDiffusion(LightningModule):
     def setup(self, stage: str) -> None:
         # Classes, latent channels and latent patch grid must agree with the data before the first step
         # (lightnet_vision/checks.py).
-        from lightnet_vision.checks import check_denoiser_data
-
         check_denoiser_data(self.trainer.datamodule, self.model, self._first_stage[0], self.class_conditional)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
