@@ -36,7 +36,7 @@ def run_both(q, k, v, causal: bool, angles: Tensor | None = None, **kwargs):
     out.backward(do)
     grads = [x.grad for x in (q, k, v)]
     ref_inputs = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    ref = naive_additive_attention(*ref_inputs, causal=causal, angles=angles)
+    ref = naive_additive_attention(*ref_inputs, causal=causal, angles=angles, lrpe=kwargs.get("lrpe", "cosine"))
     ref.backward(do.float())
     return (out, *grads), (ref, *(x.grad for x in ref_inputs))
 
@@ -226,3 +226,64 @@ def test_bad_angles_raise():
     q = torch.randn(1, 6, 2, 4)
     with pytest.raises(ValueError, match=r"\[6, 4\]"):
         additive_attention(q, q, q, angles=torch.zeros(6, 8))
+
+
+def lrpe_angles(n: int, k: int, lrpe: str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Random MD-LRPE angles of the shape each form takes: `[N, K]` (cosine) or `[N, K/2]` (rotary)."""
+    return torch.rand(n, k if lrpe == "cosine" else k // 2, dtype=dtype) * 6.3
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize(("b", "n", "h", "k", "v"), [(2, 1, 2, 16, 8), (1, 63, 2, 6, 7), (1, 257, 1, 16, 8)])
+def test_rotary_matches_naive(b, n, h, k, v, causal):
+    q, key, value = make_inputs(b, n, h, k, v, torch.float32)
+    outs, refs = run_both(q, key, value, causal, lrpe_angles(n, k, "rotary"), lrpe="rotary", chunk_size=16)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out, 1e-5)
+
+
+@pytest.mark.parametrize("lrpe", ["cosine", "rotary"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_lrpe_depends_only_on_offsets(causal, lrpe):
+    # Adding the same angle to every token leaves every offset Θ_t − Θ_s, hence the output, unchanged.
+    q, key, value = (x.detach() for x in make_inputs(2, 20, 2, 8, 4, torch.float32))
+    angles = lrpe_angles(20, 8, lrpe)
+    out = additive_attention(q, key, value, causal=causal, angles=angles, lrpe=lrpe, chunk_size=8)
+    shifted = additive_attention(q, key, value, causal=causal, angles=angles + 1.3, lrpe=lrpe, chunk_size=8)
+    assert_close("o", out, shifted, 1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_only_rotary_tells_an_offset_from_its_mirror(causal):
+    # Negating every angle mirrors every offset. The paper's cosine form is even in the offset and cannot see it;
+    # the rotary form's sine term can.
+    q, key, value = (x.detach() for x in make_inputs(2, 20, 2, 8, 4, torch.float32))
+    for lrpe, mirror_blind in (("cosine", True), ("rotary", False)):
+        angles = lrpe_angles(20, 8, lrpe)
+        out = additive_attention(q, key, value, causal=causal, angles=angles, lrpe=lrpe, chunk_size=8)
+        mirrored = additive_attention(q, key, value, causal=causal, angles=-angles, lrpe=lrpe, chunk_size=8)
+        difference = rmse(out - mirrored) / rmse(out)
+        assert (difference < 1e-6) == mirror_blind, f"{lrpe}: relative change {difference:.2e} under mirroring"
+
+
+@pytest.mark.parametrize("lrpe", ["cosine", "rotary"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_second_derivatives(causal, lrpe):
+    # create_graph=True through the hand-written backward: gradient penalties and Hessian-vector products.
+    q, key, value = (x.detach().double().requires_grad_() for x in make_inputs(1, 5, 2, 4, 3, torch.float32))
+    angles = lrpe_angles(5, 4, lrpe, torch.float64).requires_grad_()
+
+    def fn(q, key, value, angles):
+        return additive_attention(q, key, value, causal=causal, angles=angles, lrpe=lrpe, chunk_size=2)
+
+    assert torch.autograd.gradgradcheck(fn, (q, key, value, angles))
+
+
+def test_bad_lrpe_raises():
+    q = torch.randn(1, 6, 2, 4)
+    with pytest.raises(ValueError, match=r"rotary.*\[6, 2\]"):
+        additive_attention(q, q, q, angles=torch.zeros(6, 4), lrpe="rotary")
+    with pytest.raises(ValueError, match="even head dim"):
+        additive_attention(*(torch.randn(1, 6, 2, 5),) * 3, angles=torch.zeros(6, 2), lrpe="rotary")
+    with pytest.raises(ValueError, match="lrpe"):
+        additive_attention(q, q, q, lrpe="sine")

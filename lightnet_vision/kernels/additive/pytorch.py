@@ -7,6 +7,8 @@ from torch import Tensor
 
 # Input dtypes the Triton kernels accumulate in fp32 without loss; fp64 stays on the PyTorch path.
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# How MD-LRPE angles act on q and on the normalised keys (README.md, "MD-LRPE").
+LRPE_FORMS = ("cosine", "rotary")
 
 
 @functools.cache
@@ -18,7 +20,7 @@ def _triton_imports() -> bool:
     return True
 
 
-def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, causal: bool) -> bool:
+def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, causal: bool, lrpe: str) -> bool:
     # The cases impl="auto" sends to Triton: CUDA tensors, fp32 or narrower, head dims that fit one program.
     # The causal kernel is checked only under Triton's interpreter so far; until a GPU run has validated it (its
     # [16, 16, K] intra-chunk block may spill registers), "auto" keeps causal calls on PyTorch.
@@ -29,17 +31,90 @@ def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, cau
     return angles is None or not (angles.requires_grad and torch.is_grad_enabled())
 
 
-def _expand(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
-    # MD-LRPE: [x cos Θ, x sin Θ], or x unchanged without angles.
+def encode(x: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> Tensor:
+    """MD-LRPE on the last dim of x `[..., K]`: cosine `[x cos Θ, x sin Θ]` (2K wide), rotary pairs `(c, c + K/2)`
+    turned by Θ (K wide), or x unchanged without angles. cos and sin broadcast against x (rotary: K/2 wide)."""
     if cos is None:
         return x
-    if torch.is_grad_enabled():
-        return torch.cat([x * cos, x * sin], dim=-1)  # [..., 2K]
-    # Outside autograd (the hand-written backward and inference) both halves are written in place: no cat.
-    expanded = x.new_empty(*x.shape[:-1], 2 * x.shape[-1])
-    torch.mul(x, cos, out=expanded[..., : x.shape[-1]])
-    torch.mul(x, sin, out=expanded[..., x.shape[-1] :])
-    return expanded
+    if lrpe == "cosine":
+        return torch.cat([x * cos, x * sin], dim=-1)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def encode_adjoint(g: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> Tensor:
+    """The transpose of `encode`: a gradient with respect to the encoded x back to x."""
+    if cos is None:
+        return g
+    g1, g2 = g.chunk(2, dim=-1)
+    if lrpe == "cosine":
+        return g1 * cos + g2 * sin
+    return torch.cat([g1 * cos + g2 * sin, g2 * cos - g1 * sin], dim=-1)
+
+
+def _angle_grad(grad_encoded: Tensor, x: Tensor, cos: Tensor, sin: Tensor, lrpe: str) -> Tensor:
+    # d/dΘ of encode(x) against its gradient, summed over batch and heads (head-major [B, H, N, ·] layout).
+    g1, g2 = grad_encoded.chunk(2, dim=-1)
+    if lrpe == "cosine":
+        return (x * (g2 * cos - g1 * sin)).sum(dim=(0, 1))  # [N, K]
+    # A pair turned by Θ moves along (-r2, r1).
+    r1, r2 = encode(x, cos, sin, lrpe).chunk(2, dim=-1)
+    return (g2 * r1 - g1 * r2).sum(dim=(0, 1))  # [N, K/2]
+
+
+class _NonCausal(torch.autograd.Function):
+    """`o = q̃ (k̃ᵀ v)` with a hand-written backward that keeps only q, k, v, the `[B, H, K', V]` state and the
+    log-normaliser: the softmax-normalised keys and the encoded tensors are rebuilt in the backward instead of being
+    stored per layer. The formulas are those of README.md (Triton kernels, non-causal). Inside, tensors are
+    head-major `[B, H, N, ·]`, so that every product is one batched matmul over contiguous (or transposed) operands;
+    the gradients go back as `[B, N, H, ·]` views. The backward is built from differentiable ops on the inputs, so
+    second derivatives (`create_graph=True`: gradient penalties, Hessian-vector products) are right too."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> Tensor:
+        cos, sin = _cos_sin(angles)
+        log_norm, state = _key_state(k.transpose(1, 2), v.transpose(1, 2), cos, sin, lrpe)
+        ctx.save_for_backward(q, k, v, angles, state, log_norm)
+        ctx.lrpe = lrpe
+        return (encode(q.transpose(1, 2), cos, sin, lrpe) @ state).transpose(1, 2)  # [B, N, H, V]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, None]:
+        q, k, v, angles, state, log_norm = ctx.saved_tensors
+        lrpe = ctx.lrpe
+        cos, sin = _cos_sin(angles)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, N, ·]
+        if torch.is_grad_enabled():
+            # Differentiating this backward (create_graph=True): the saved state was built without a graph, so it
+            # is rebuilt from k and v here for the second derivative to reach them.
+            log_norm, state = _key_state(k, v, cos, sin, lrpe)
+        grad_out = grad_out.transpose(1, 2)  # [B, H, N, V]
+        k_bar = torch.exp(k - log_norm)
+        encoded_q = encode(q, cos, sin, lrpe)  # [B, H, N, K']
+        grad_state = encoded_q.transpose(2, 3) @ grad_out  # [B, H, K', V]
+        grad_q_encoded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
+        grad_k_encoded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the encoded k̄
+        grad_v = encode(k_bar, cos, sin, lrpe) @ grad_state  # [B, H, N, V]
+        # Through the softmax over tokens, per channel: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄).
+        grad_k_bar = encode_adjoint(grad_k_encoded, cos, sin, lrpe)  # [B, H, N, K]
+        grad_k = k_bar * (grad_k_bar - (k_bar * grad_k_bar).sum(dim=2, keepdim=True))
+        grad_angles = None
+        if ctx.needs_input_grad[3]:
+            grad_angles = _angle_grad(grad_q_encoded, q, cos, sin, lrpe)
+            grad_angles = grad_angles + _angle_grad(grad_k_encoded, k_bar, cos, sin, lrpe)
+        grad_q = encode_adjoint(grad_q_encoded, cos, sin, lrpe)
+        return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), grad_angles, None
+
+
+def _cos_sin(angles: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    # [N, ·] angles broadcast over batch and heads in the head-major layout.
+    return (None, None) if angles is None else (angles.cos(), angles.sin())
+
+
+def _key_state(k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> tuple[Tensor, Tensor]:
+    # The log-normaliser [B, H, 1, K] of the softmax over the N tokens and the state k̃ᵀ v [B, H, K', V].
+    log_norm = torch.logsumexp(k, dim=2, keepdim=True)
+    return log_norm, encode(torch.exp(k - log_norm), cos, sin, lrpe).transpose(2, 3) @ v
 
 
 def _duplicate(x: Tensor, rotated: bool) -> Tensor:
@@ -47,77 +122,28 @@ def _duplicate(x: Tensor, rotated: bool) -> Tensor:
     return torch.cat([x, x], dim=-1) if rotated else x
 
 
-def _fold(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
-    # The adjoint of `_expand`: a gradient w.r.t. [x cos Θ, x sin Θ] back to x.
-    if cos is None:
-        return x
-    x_cos, x_sin = x.chunk(2, dim=-1)
-    return torch.addcmul(x_cos * cos, x_sin, sin)
+def _causal_query(q: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> Tensor:
+    # The causal state is always held in the cosine layout [k̄ cos Θ, k̄ sin Θ] (per key channel, so that it can be
+    # rescaled channel by channel as the normaliser moves). A rotary query reads it through
+    # q̂ = [q cos Θ + p sin Θ, q sin Θ − p cos Θ] with p = [−q2, q1] and Θ repeated for both halves of K:
+    # then q̂ · [k̄ cos Θ_s, k̄ sin Θ_s] = rot_t(q) · rot_s(k̄) (README.md, "MD-LRPE").
+    if cos is None or lrpe == "cosine":
+        return encode(q, cos, sin, "cosine")
+    q1, q2 = q.chunk(2, dim=-1)
+    p = torch.cat([-q2, q1], dim=-1)
+    return torch.cat([q * cos + p * sin, q * sin - p * cos], dim=-1)
 
 
-def _angle_grad(grad_expanded: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # d/dΘ of [x cos Θ, x sin Θ] against its gradient, summed over batch and heads: [N, K] (head-major layout).
-    grad_cos, grad_sin = grad_expanded.chunk(2, dim=-1)
-    return (x * (grad_sin * cos - grad_cos * sin)).sum(dim=(0, 1))
-
-
-class _NonCausal(torch.autograd.Function):
-    """`o = q̃ (k̃ᵀ v)` with a hand-written backward that keeps only q, k, v, the `[B, H, K', V]` state and the
-    log-normaliser: the softmax-normalised keys and the 2K-wide rotated tensors are rebuilt in the backward instead of
-    being stored per layer. The formulas are those of README.md (Triton kernels, non-causal). Inside, tensors are
-    head-major `[B, H, N, ·]`, so that every product is one batched matmul over contiguous (or transposed) operands;
-    the gradients go back as `[B, N, H, ·]` views."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None) -> Tensor:
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).contiguous()  # [B, H, N, ·]
-        cos = sin = None
-        if angles is not None:
-            cos, sin = angles.cos(), angles.sin()  # [N, K], broadcast over batch and heads
-        log_norm = torch.logsumexp(k, dim=2, keepdim=True)  # [B, H, 1, K], over the N tokens per channel
-        k_bar = torch.exp(k - log_norm)
-        state = _expand(k_bar, cos, sin).transpose(2, 3) @ v  # [B, H, K', V]
-        ctx.save_for_backward(q, k, v, angles, state, log_norm)
-        return (_expand(q, cos, sin) @ state).transpose(1, 2)  # [B, N, H, V]
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        q, k, v, angles, state, log_norm = ctx.saved_tensors
-        cos = sin = None
-        if angles is not None:
-            cos, sin = angles.cos(), angles.sin()
-        grad_out = grad_out.transpose(1, 2).contiguous()  # [B, H, N, V]
-        k_bar = torch.exp(k - log_norm)
-        grad_state = _expand(q, cos, sin).transpose(2, 3) @ grad_out  # [B, H, K', V]
-        grad_q_expanded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
-        grad_k_expanded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the rotated k̄
-        grad_v = _expand(k_bar, cos, sin) @ grad_state  # [B, H, N, V]
-        # Through the softmax over tokens: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄), and Σ_n k̄ dk̄ = Σ_v S ⊙ dS (both halves).
-        correction = _fold_halves((state * grad_state).sum(dim=-1), rotated=cos is not None)  # [B, H, K]
-        grad_k = k_bar * (_fold(grad_k_expanded, cos, sin) - correction[:, :, None])
-        grad_angles = None
-        if ctx.needs_input_grad[3]:
-            grad_angles = _angle_grad(grad_q_expanded, q, cos, sin) + _angle_grad(grad_k_expanded, k_bar, cos, sin)
-        grad_q = _fold(grad_q_expanded, cos, sin)
-        return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), grad_angles
-
-
-def _fold_halves(x: Tensor, rotated: bool) -> Tensor:
-    # A sum over both halves of the expanded channel dim: [.., 2K] -> [.., K].
-    if not rotated:
-        return x
-    first, second = x.chunk(2, dim=-1)
-    return first + second
-
-
-def _causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, chunk_size: int) -> Tensor:
+def _causal(
+    q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, chunk_size: int, lrpe: str
+) -> Tensor:
     batch, n, heads, _ = k.shape
     # The running log-normaliser z_t = logcumsumexp_{s<=t} k_s is kept as m_t + r_t: the running maximum m_t (exact)
     # plus a small r_t in [0, log N] from a float64 scan. A single fp32 z of magnitude 1e4 would have an ulp of
     # 1e-3 and ruin the key gradients of large logits.
     m = torch.cummax(k, dim=1).values  # [B, N, H, K]
     r = (torch.logcumsumexp(k.double(), dim=1) - m.double()).to(k.dtype)  # [B, N, H, K]
-    expanded_q = _expand(q, cos, sin)  # [B, N, H, K']
+    expanded_q = _causal_query(q, cos, sin, lrpe)  # [B, N, H, K']
     state = q.new_zeros(batch, heads, expanded_q.shape[-1], v.shape[-1])  # [B, H, K', V]
     # Log-normaliser at the end of the previous chunk (none yet: -inf).
     m_before, r_before = torch.full_like(m[:, 0], float("-inf")), torch.zeros_like(r[:, 0])  # [B, H, K]
@@ -143,7 +169,7 @@ def _causal(q: Tensor, k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | N
         outputs.append(inter + intra)
         # Carry the state to the end of this chunk.
         m_end, r_end = m_c[:, -1], r_c[:, -1]  # [B, H, K]
-        k_bar_end = _expand(torch.exp((k_c - m_end[:, None]) - r_end[:, None]), cos_c, sin_c)  # [B, C, H, K']
+        k_bar_end = encode(torch.exp((k_c - m_end[:, None]) - r_end[:, None]), cos_c, sin_c, "cosine")  # [B, C, H, K']
         carry = _duplicate(torch.exp((m_before - m_end) + (r_before - r_end)), cos is not None)  # [B, H, K']
         state = carry[..., None] * state + torch.einsum("bshk,bshv->bhkv", k_bar_end, v_c)
         m_before, r_before = m_end, r_end
@@ -156,6 +182,7 @@ def additive_attention(
     v: Tensor,
     causal: bool = False,
     angles: Tensor | None = None,
+    lrpe: str = "cosine",
     chunk_size: int = 64,
     impl: str = "auto",
 ) -> Tensor:
@@ -171,7 +198,10 @@ def additive_attention(
         k: Raw key logits `[B, N, H, K]`; `-inf` marks a padded token.
         v: Values `[B, N, H, V]`.
         causal: Normalise over the prefix `s <= t` (raster order) instead of over all tokens.
-        angles: MD-LRPE angles `[N, K]`; q and k̄ are expanded to `[x cos Θ, x sin Θ]` before the product.
+        angles: MD-LRPE angles, applied to q and to k̄ before the product as `lrpe` says.
+        lrpe: `"cosine"`, the paper's form: angles `[N, K]`, `x ↦ [x cos Θ, x sin Θ]` (2K wide), even in the
+            offset between two tokens; or `"rotary"`: angles `[N, K/2]`, channel pairs `(c, c + K/2)` turned by Θ
+            (K wide), which also tells an offset from its mirror image.
         chunk_size: Tokens per chunk in causal mode; memory grows as `N · chunk_size`.
         impl: `"torch"` for this PyTorch code, `"triton"` for the fused kernels of `triton_noncausal.py` and
             `triton_causal.py` (no gradient for `angles`; `chunk_size` is fixed there), `"auto"` for Triton where
@@ -186,18 +216,17 @@ def additive_attention(
             f"additive_attention expects q, k [B, N, H, K] and v [B, N, H, V]; got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    if angles is not None and angles.shape != (q.shape[1], q.shape[3]):
-        raise ValueError(f"angles must be [N, K] = {[q.shape[1], q.shape[3]]}, got {list(angles.shape)}")
+    _check_angles(q, angles, lrpe)
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-    if impl == "triton" or (impl == "auto" and _triton_supports(q, k, v, angles, causal)):
+    if impl == "triton" or (impl == "auto" and _triton_supports(q, k, v, angles, causal, lrpe)):
         if causal:
             from lightnet_vision.kernels.additive.triton_causal import causal_additive_attention
 
-            return causal_additive_attention(q, k, v, angles)
+            return causal_additive_attention(q, k, v, angles, lrpe)
         from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
 
-        return noncausal_additive_attention(q, k, v, angles)
+        return noncausal_additive_attention(q, k, v, angles, lrpe)
     out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -205,8 +234,24 @@ def additive_attention(
         if causal:
             cos = sin = None
             if angles is not None:
-                cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # [1, N, 1, K]
-            out = _causal(q, k, v, cos, sin, chunk_size)
+                # One angle per key channel: a rotary pair's angle serves both of its channels.
+                per_channel = angles if lrpe == "cosine" else torch.cat([angles, angles], dim=-1)
+                cos, sin = per_channel.cos()[None, :, None, :], per_channel.sin()[None, :, None, :]  # [1, N, 1, K]
+            out = _causal(q, k, v, cos, sin, chunk_size, lrpe)
         else:
-            out = _NonCausal.apply(q, k, v, angles)
+            out = _NonCausal.apply(q, k, v, angles, lrpe)
     return out.to(out_dtype)
+
+
+def _check_angles(q: Tensor, angles: Tensor | None, lrpe: str) -> None:
+    if lrpe not in LRPE_FORMS:
+        raise ValueError(f"lrpe must be one of {LRPE_FORMS}, got {lrpe!r}")
+    if angles is None:
+        return
+    n, dim_k = q.shape[1], q.shape[3]
+    if lrpe == "rotary" and dim_k % 2:
+        raise ValueError(f"lrpe='rotary' turns channel pairs and needs an even head dim K, got K={dim_k}")
+    expected = (n, dim_k) if lrpe == "cosine" else (n, dim_k // 2)
+    if angles.shape != expected:
+        what = "[N, K]" if lrpe == "cosine" else "[N, K/2]"
+        raise ValueError(f"angles for lrpe={lrpe!r} must be {what} = {list(expected)}, got {list(angles.shape)}")
