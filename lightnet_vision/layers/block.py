@@ -1,4 +1,4 @@
-"""The pre-norm LightNet block (SPEC §6): token mixing by LightNet attention, channel mixing by a GLU."""
+"""The pre-norm LightNet block (arXiv 2405.21022): token mixing by LightNet attention, channel mixing by a GLU."""
 
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
@@ -16,14 +16,21 @@ class LightNetBlock(nn.Module):
         drop_path: Probability of dropping a whole residual branch per sample while training.
         qkv_bias: Add a bias to the q, k and v projections.
         causal: Causal additive attention (raster order).
+        lrpe: How the MD-LRPE angles act in the attention: "rotary" or "cosine" (see `MDLRPE`).
     """
 
     def __init__(
-        self, dim: int, num_heads: int, drop_path: float = 0.0, qkv_bias: bool = False, causal: bool = False
+        self,
+        dim: int,
+        num_heads: int,
+        drop_path: float = 0.0,
+        qkv_bias: bool = False,
+        causal: bool = False,
+        lrpe: str = "cosine",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = LightNetAttention(dim, num_heads, qkv_bias=qkv_bias, causal=causal)
+        self.attn = LightNetAttention(dim, num_heads, qkv_bias=qkv_bias, causal=causal, lrpe=lrpe)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = GLU(dim)
         self.drop_path = StochasticDepth(drop_path, mode="row")

@@ -1,4 +1,4 @@
-"""LightNet block with adaLN-Zero conditioning (SPEC §6), the building block of the LightNet-DiT denoiser."""
+"""LightNet block with adaLN-Zero conditioning (arXiv 2405.21022), the building block of the LightNet-DiT denoiser."""
 
 from torch import Tensor, nn
 
@@ -15,12 +15,13 @@ class LightNetDiTBlock(nn.Module):
     Args:
         dim: Model width D.
         num_heads: Attention heads H.
+        lrpe: How the MD-LRPE angles act in the attention: "rotary" or "cosine" (see `MDLRPE`).
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, lrpe: str = "cosine") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = LightNetAttention(dim, num_heads)
+        self.attn = LightNetAttention(dim, num_heads, lrpe=lrpe)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = GLU(dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))

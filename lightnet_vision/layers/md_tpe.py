@@ -1,10 +1,12 @@
-"""MD-TPE, the multi-dimensional Toeplitz positional encoding of LightNet (arXiv 2405.21022, SPEC §4)."""
+"""MD-TPE, the multi-dimensional Toeplitz positional encoding of LightNet (arXiv 2405.21022)."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+TPE_FORMS = ("symmetric", "asymmetric")
 
 
 def _shift(x: Tensor, offset: int, dim: int) -> Tensor:
@@ -19,44 +21,61 @@ def _shift(x: Tensor, offset: int, dim: int) -> Tensor:
     return torch.cat([body, zeros], dim=dim)
 
 
-def symmetric_toeplitz_along(x: Tensor, decay: Tensor, dim: int) -> Tensor:
-    """`T x` along `dim` with `T_ij = decay^|i-j|`, as a forward plus a backward scan minus the diagonal.
+def toeplitz_along(x: Tensor, decay_forward: Tensor, decay_backward: Tensor, dim: int) -> Tensor:
+    """`T x` along `dim` with `T_ij = decay_forward^(i-j)` for `i ≥ j` and `decay_backward^(j-i)` for `i < j`.
 
-    Each scan `f_i = x_i + λ f_{i-1}` runs by doubling (`f ← f + λ^s shift(f, s)` for s = 1, 2, 4, ...), so an axis of
-    length n costs log2(n) vectorised steps. `decay` broadcasts against `x` (one value per head group).
+    A forward scan `f_i = x_i + λ_f f_{i-1}` plus a backward scan `b_i = x_i + λ_b b_{i+1}`, minus the diagonal
+    counted twice. Each scan runs by doubling (`f ← f + λ^s shift(f, s)` for s = 1, 2, 4, ...), so an axis of length
+    n costs log2(n) vectorised steps. The decays broadcast against `x` (one value per head group); equal decays give
+    the paper's symmetric `λ^|i-j|`.
     """
     forward, backward = x, x
-    offset, power = 1, decay
+    offset, power_forward, power_backward = 1, decay_forward, decay_backward
     while offset < x.shape[dim]:
-        forward = forward + power * _shift(forward, offset, dim)
-        backward = backward + power * _shift(backward, -offset, dim)
-        offset, power = offset * 2, power * power
+        forward = forward + power_forward * _shift(forward, offset, dim)
+        backward = backward + power_backward * _shift(backward, -offset, dim)
+        offset, power_forward, power_backward = offset * 2, power_forward**2, power_backward**2
     return forward + backward - x
 
 
 class MDTPE(nn.Module):
-    """`MDTPE(x) = Linear(RMSNorm_per_head(Σ_a T^(a) x))` with `T^(a)_ij = λ_{a,h}^|i-j|` along grid axis `a`.
+    """`MDTPE(x) = Linear(RMSNorm_per_head(Σ_a T^(a) x))` with a Toeplitz `T^(a)` along each grid axis `a`.
 
-    The decays `λ_{a,h} = sigmoid(θ_{a,h})` are learned per axis and head group; nothing depends on the grid size.
-    The caller adds the result to its input: `x ← x + MDTPE(x)`.
+    "symmetric" (the paper's): `T^(a)_ij = λ_{a,h}^|i-j|`, the same decay both ways, so the operator cannot tell
+    a token's left from its right. "asymmetric": a decay per direction, `λ_{a,h,→}^(i-j)` for `i ≥ j` and
+    `λ_{a,h,←}^(j-i)` for `i < j`; the two start as the same range in opposite orders over the heads, so every head
+    but the middle one leans one way from the start. Decays are `sigmoid` of learned logits per axis and head
+    group; nothing depends on the grid size. The caller adds the result to its input: `x ← x + MDTPE(x)`.
 
     Args:
         dim: Channel width D.
-        num_heads: Head groups sharing one decay per axis.
+        num_heads: Head groups sharing one decay per axis (and direction).
         num_axes: Number of grid axes (2 for images).
         decay_range: Initial decays, spread evenly over the heads in this range.
+        form: "symmetric" or "asymmetric".
     """
 
     def __init__(
-        self, dim: int, num_heads: int, num_axes: int = 2, decay_range: tuple[float, float] = (0.5, 0.95)
+        self,
+        dim: int,
+        num_heads: int,
+        num_axes: int = 2,
+        decay_range: tuple[float, float] = (0.5, 0.95),
+        form: str = "symmetric",
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"MDTPE: dim {dim} is not divisible by num_heads {num_heads}")
+        if form not in TPE_FORMS:
+            raise ValueError(f"MDTPE form must be one of {TPE_FORMS}, got {form!r}")
         self.num_heads = num_heads
         self.num_axes = num_axes
-        decay = torch.linspace(*decay_range, num_heads)
-        self.decay_logit = nn.Parameter(torch.logit(decay).repeat(num_axes, 1))  # [m, H]
+        self.form = form
+        decay = torch.logit(torch.linspace(*decay_range, num_heads))  # [H]
+        if form == "symmetric":
+            self.decay_logit = nn.Parameter(decay.repeat(num_axes, 1))  # [m, H]
+        else:
+            self.decay_logit = nn.Parameter(torch.stack([decay, decay.flip(0)]).repeat(num_axes, 1, 1))  # [m, 2, H]
         self.norm_weight = nn.Parameter(torch.ones(dim))
         self.proj = nn.Linear(dim, dim)
 
@@ -66,10 +85,13 @@ class MDTPE(nn.Module):
         if len(grid_size) != self.num_axes or n != math.prod(grid_size):
             raise ValueError(f"MDTPE expects {self.num_axes} axes covering N={n} tokens, got grid_size {grid_size}")
         x = x.reshape(batch, *grid_size, self.num_heads, dim // self.num_heads)  # [B, n_1, ..., n_m, H, D/H]
-        decay = torch.sigmoid(self.decay_logit.to(torch.promote_types(self.decay_logit.dtype, torch.float32)))  # [m, H]
+        decay = torch.sigmoid(self.decay_logit.to(torch.promote_types(self.decay_logit.dtype, torch.float32)))
+        if self.form == "symmetric":
+            decay = torch.stack([decay, decay], dim=1)  # [m, 2, H]: the same decay both ways
         mixed = 0
         for axis in range(self.num_axes):
-            mixed = mixed + symmetric_toeplitz_along(x, decay[axis, :, None], dim=1 + axis)
+            forward, backward = decay[axis, 0, :, None], decay[axis, 1, :, None]  # [H, 1]
+            mixed = mixed + toeplitz_along(x, forward, backward, dim=1 + axis)
         return mixed.reshape(batch, n, self.num_heads, dim // self.num_heads)
 
     def forward(self, x: Tensor, grid_size: tuple[int, ...]) -> Tensor:

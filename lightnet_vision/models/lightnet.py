@@ -1,4 +1,4 @@
-"""LightNet image classifier (arXiv 2405.21022, SPEC §6) with timm's model interface.
+"""LightNet image classifier (arXiv 2405.21022) with timm's model interface.
 
 Patch embedding → MD-TPE over the (h, w) patch grid → L LightNet blocks (additive attention with MD-LRPE, GLU) →
 LayerNorm → mean pool → linear head. No parameter depends on the input size: a model trained at 224² runs at
@@ -30,6 +30,10 @@ class LightNet(nn.Module):
         grad_checkpointing: Recompute each block in the backward instead of storing its activations: the
             activation memory of training falls to about one block plus one `[B, N, D]` tensor per block, for
             roughly a third more compute. Same as `set_grad_checkpointing()`.
+        lrpe: MD-LRPE form in every attention: "rotary" (default: tells left from right, K wide), "cosine" (the
+            paper's, even in the offset) or "none".
+        tpe: MD-TPE form after the patch embedding: "symmetric" (the paper's), "asymmetric" (a decay per
+            direction) or "none".
     """
 
     def __init__(
@@ -45,6 +49,8 @@ class LightNet(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        lrpe: str = "rotary",
+        tpe: str = "symmetric",
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -55,11 +61,12 @@ class LightNet(nn.Module):
         self.grad_checkpointing = grad_checkpointing
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.pos_tpe = MDTPE(embed_dim, num_heads, num_axes=2)
-        self.pos_lrpe = MDLRPE(embed_dim // num_heads, num_axes=2)
+        self.pos_tpe = None if tpe == "none" else MDTPE(embed_dim, num_heads, num_axes=2, form=tpe)
+        self.pos_lrpe = None if lrpe == "none" else MDLRPE(embed_dim // num_heads, num_axes=2, form=lrpe)
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            LightNetBlock(embed_dim, num_heads, drop_path=drop_path[i], qkv_bias=qkv_bias) for i in range(depth)
+            LightNetBlock(embed_dim, num_heads, drop_path=drop_path[i], qkv_bias=qkv_bias, lrpe=lrpe)
+            for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
@@ -80,7 +87,7 @@ class LightNet(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW should not decay besides biases and norms: the positional decays of MD-TPE."""
-        return {"pos_tpe.decay_logit"}
+        return set() if self.pos_tpe is None else {"pos_tpe.decay_logit"}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -95,8 +102,9 @@ class LightNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x, grid = self.patch_embed(x)  # [B, N, D], (h, w)
-        x = x + self.pos_tpe(x, grid)
-        angles = self.pos_lrpe(grid)  # [N, K]
+        if self.pos_tpe is not None:
+            x = x + self.pos_tpe(x, grid)
+        angles = None if self.pos_lrpe is None else self.pos_lrpe(grid)  # [N, K] (cosine) or [N, K/2] (rotary)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, angles, use_reentrant=False)

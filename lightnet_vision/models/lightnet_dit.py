@@ -1,4 +1,4 @@
-"""LightNet-DiT: a latent-diffusion denoiser with LightNet blocks (arXiv 2405.21022, SPEC §6), DiT's interface.
+"""LightNet-DiT: a latent-diffusion denoiser with LightNet blocks (arXiv 2405.21022), DiT's interface.
 
 Latents `[B, C, h, w]` are patchified (patch 2, 4 or 8) → MD-TPE over the patch grid → L LightNet blocks whose
 norms are modulated adaLN-Zero style by `timestep embedding + class embedding` → adaLN final layer → unpatchify.
@@ -44,6 +44,10 @@ class LightNetDiT(nn.Module):
         grad_checkpointing: Recompute each block in the backward instead of storing its activations: the
             activation memory of training falls to about one block plus one `[B, N, D]` tensor per block, for
             roughly a third more compute. Same as `set_grad_checkpointing()`.
+        lrpe: MD-LRPE form in every attention: "rotary" (default: tells left from right, K wide), "cosine" (the
+            paper's, even in the offset) or "none".
+        tpe: MD-TPE form after the patch embedding: "symmetric" (the paper's), "asymmetric" (a decay per
+            direction) or "none".
     """
 
     def __init__(
@@ -58,6 +62,8 @@ class LightNetDiT(nn.Module):
         num_classes: int = 1000,
         learn_sigma: bool = False,
         grad_checkpointing: bool = False,
+        lrpe: str = "rotary",
+        tpe: str = "symmetric",
     ) -> None:
         super().__init__()
         self.input_size = input_size
@@ -71,9 +77,9 @@ class LightNetDiT(nn.Module):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        self.pos_tpe = MDTPE(hidden_size, num_heads, num_axes=2)
-        self.pos_lrpe = MDLRPE(hidden_size // num_heads, num_axes=2)
-        self.blocks = nn.ModuleList(LightNetDiTBlock(hidden_size, num_heads) for _ in range(depth))
+        self.pos_tpe = None if tpe == "none" else MDTPE(hidden_size, num_heads, num_axes=2, form=tpe)
+        self.pos_lrpe = None if lrpe == "none" else MDLRPE(hidden_size // num_heads, num_axes=2, form=lrpe)
+        self.blocks = nn.ModuleList(LightNetDiTBlock(hidden_size, num_heads, lrpe=lrpe) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -104,7 +110,7 @@ class LightNetDiT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_tpe.decay_logit"}
+        return set() if self.pos_tpe is None else {"pos_tpe.decay_logit"}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -124,13 +130,14 @@ class LightNetDiT(nn.Module):
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
         tokens, grid = self.x_embedder(x)  # [B, N, D], (h, w)
-        tokens = tokens + self.pos_tpe(tokens, grid)
+        if self.pos_tpe is not None:
+            tokens = tokens + self.pos_tpe(tokens, grid)
         c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
-        # The condition also enters as one extra token, first, with MD-LRPE angle 0 (SPEC §3): an anchor at the
-        # grid's origin. MD-TPE and MD-LRPE are relative and MD-TPE is mirror-symmetric, so without it a token fed
-        # pure noise cannot tell where on the grid it is, and a denoiser cannot place a class's strokes.
+        # The condition also enters as one extra token, first, with MD-LRPE angle 0: an anchor at the grid's
+        # origin. MD-TPE and MD-LRPE are relative, so without it a token fed pure noise cannot tell where on the
+        # grid it is, and a denoiser cannot place a class's strokes.
         tokens = torch.cat([c[:, None], tokens], dim=1)  # [B, 1 + N, D]
-        angles = self.pos_lrpe(grid, num_extra_tokens=1)  # [1 + N, K]
+        angles = None if self.pos_lrpe is None else self.pos_lrpe(grid, num_extra_tokens=1)  # [1 + N, K or K/2]
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, c, angles, use_reentrant=False)

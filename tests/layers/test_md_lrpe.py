@@ -1,4 +1,4 @@
-"""MD-LRPE (SPEC §3): expanded q·k depends only on the offset between two grid positions along each axis."""
+"""MD-LRPE (arXiv 2405.21022), both forms: encoded q·k depends only on the offset between two grid positions."""
 
 import math
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from lightnet_vision.kernels.additive.naive import rotate
+from lightnet_vision.kernels.additive.naive import rotate, rotate_pairs
 from lightnet_vision.layers import MDLRPE
 
 
@@ -19,9 +19,11 @@ def flat_index(position: tuple[int, ...], grid: tuple[int, ...]) -> int:
 
 
 def rotated_score(angles: torch.Tensor, q: torch.Tensor, k: torch.Tensor, t: int, s: int) -> float:
-    """`<rotate(q) at token t, rotate(k) at token s>` for single vectors q, k `[K]`."""
-    q_t = rotate(q[None, None, None], angles[t : t + 1])  # [1, 1, 1, 2K]
-    k_s = rotate(k[None, None, None], angles[s : s + 1])
+    """`<encode(q) at token t, encode(k) at token s>` for single vectors q, k `[K]`; the form follows from the
+    angles' width (K: cosine, K/2: rotary)."""
+    encode = rotate if angles.shape[1] == q.shape[0] else rotate_pairs
+    q_t = encode(q[None, None, None], angles[t : t + 1])  # [1, 1, 1, 2K or K]
+    k_s = encode(k[None, None, None], angles[s : s + 1])
     return (q_t * k_s).sum().item()
 
 
@@ -41,10 +43,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("form", ["cosine", "rotary"])
 @pytest.mark.parametrize(("grid", "head_dim", "t", "s", "offset"), CASES)
-def test_relative_shift_invariance(grid, head_dim, t, s, offset):
-    angles = MDLRPE(head_dim, num_axes=len(grid))(grid)
-    assert angles.shape == (math.prod(grid), head_dim)
+def test_relative_shift_invariance(grid, head_dim, t, s, offset, form):
+    if form == "rotary" and head_dim % 2:
+        head_dim += 1  # pairs need an even head dim
+    angles = MDLRPE(head_dim, num_axes=len(grid), form=form)(grid)
+    assert angles.shape == (math.prod(grid), head_dim if form == "cosine" else head_dim // 2)
     q, k = torch.randn(head_dim), torch.randn(head_dim)
     t2 = tuple(a + o for a, o in zip(t, offset, strict=True))
     s2 = tuple(a + o for a, o in zip(s, offset, strict=True))
@@ -57,10 +62,11 @@ def test_relative_shift_invariance(grid, head_dim, t, s, offset):
     assert abs(moved - before) > 1e-3
 
 
+@pytest.mark.parametrize("form", ["cosine", "rotary"])
 @pytest.mark.parametrize(("grid", "head_dim"), [((6, 7), 8), ((3, 4, 5), 10)])
-def test_every_axis_moves_the_score(grid, head_dim):
+def test_every_axis_moves_the_score(grid, head_dim, form):
     # A unit step along any single axis changes the score: no axis is left without a slice of the head dim.
-    angles = MDLRPE(head_dim, num_axes=len(grid))(grid)
+    angles = MDLRPE(head_dim, num_axes=len(grid), form=form)(grid)
     q, k = torch.randn(head_dim), torch.randn(head_dim)
     origin = (0,) * len(grid)
     base = rotated_score(angles, q, k, 0, 0)
@@ -69,15 +75,32 @@ def test_every_axis_moves_the_score(grid, head_dim):
         assert abs(rotated_score(angles, q, k, flat_index(step, grid), flat_index(origin, grid)) - base) > 1e-3
 
 
-def test_angles_match_spec_formula():
-    # Slice a of the head dim holds s_a θ, θ_i = 10000^(-i/e), e = ceil(K/m); the last slice is truncated to K.
+@pytest.mark.parametrize(("form", "width", "e"), [("cosine", 10, 4), ("rotary", 5, 2)])
+def test_angles_match_the_formula(form, width, e):
+    # Slice a of the angle channels holds s_a θ, θ_i = 10000^(-i/e), e = ceil(width/m); the last slice is
+    # truncated. The width is K (cosine) or K/2 pairs (rotary).
     grid, head_dim = (3, 4, 5), 10
-    angles = MDLRPE(head_dim, num_axes=3)(grid)
-    e = 4
+    angles = MDLRPE(head_dim, num_axes=3, form=form)(grid)
     theta = 10000.0 ** (-torch.arange(e, dtype=torch.float64) / e)
     position = (2, 1, 3)
-    expected = torch.cat([position[a] * theta for a in range(3)])[:head_dim]
+    expected = torch.cat([position[a] * theta for a in range(3)])[:width]
     torch.testing.assert_close(angles[flat_index(position, grid)].double(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("form", "mirror_blind"), [("cosine", True), ("rotary", False)])
+def test_only_rotary_tells_an_offset_from_its_mirror(form, mirror_blind):
+    # Swapping query and key positions mirrors the offset. The cosine form is even in it; the rotary form is not.
+    grid, head_dim = (6, 7), 8
+    angles = MDLRPE(head_dim, num_axes=2, form=form)(grid)
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+    t, s = flat_index((1, 2), grid), flat_index((3, 5), grid)
+    difference = abs(rotated_score(angles, q, k, t, s) - rotated_score(angles, q, k, s, t))
+    assert (difference < 1e-5) == mirror_blind, f"{form}: {difference:.2e}"
+
+
+def test_rotary_needs_an_even_head_dim():
+    with pytest.raises(ValueError, match="even head dim"):
+        MDLRPE(7, form="rotary")
 
 
 @pytest.mark.parametrize("num_extra", [1, 3])

@@ -1,4 +1,4 @@
-"""MD-TPE (SPEC §4) against the dense Toeplitz operator it must equal exactly."""
+"""MD-TPE (arXiv 2405.21022) against the dense Toeplitz operator it must equal exactly, in both forms."""
 
 import math
 
@@ -7,22 +7,28 @@ import torch
 from torch import Tensor
 
 from lightnet_vision.layers import MDTPE
-from lightnet_vision.layers.md_tpe import symmetric_toeplitz_along
+from lightnet_vision.layers.md_tpe import toeplitz_along
 
 
-def toeplitz(n: int, decay: float) -> Tensor:
-    """`T_ij = decay^|i-j|`, `[n, n]` in float64."""
+def toeplitz(n: int, decay: float, decay_backward: float | None = None) -> Tensor:
+    """`T_ij = decay^(i-j)` for `i ≥ j`, `decay_backward^(j-i)` (default: `decay`) for `i < j`; `[n, n]`, float64."""
     index = torch.arange(n, dtype=torch.float64)
-    return decay ** (index[:, None] - index[None, :]).abs()
+    offset = index[:, None] - index[None, :]
+    backward = decay if decay_backward is None else decay_backward
+    return torch.where(offset >= 0, decay ** offset.clamp(min=0), backward ** (-offset).clamp(min=0))
 
 
 def dense_operator(grid: tuple[int, ...], decays: Tensor) -> Tensor:
-    """`Σ_a I ⊗ … ⊗ T^(a) ⊗ … ⊗ I` for every head, from `decays` `[m, H]`; returns `[H, N, N]` in float64."""
+    """`Σ_a I ⊗ … ⊗ T^(a) ⊗ … ⊗ I` for every head, from `decays` `[m, H]` (symmetric) or `[m, 2, H]`
+    (forward, backward); returns `[H, N, N]` in float64."""
+    if decays.dim() == 2:
+        decays = torch.stack([decays, decays], dim=1)
     operators = []
-    for h in range(decays.shape[1]):
+    for h in range(decays.shape[-1]):
         total = torch.zeros(math.prod(grid), math.prod(grid), dtype=torch.float64)
         for axis in range(len(grid)):
-            factors = [toeplitz(n, decays[axis, h].item()) if a == axis else torch.eye(n) for a, n in enumerate(grid)]
+            forward, backward = decays[axis, 0, h].item(), decays[axis, 1, h].item()
+            factors = [toeplitz(n, forward, backward) if a == axis else torch.eye(n) for a, n in enumerate(grid)]
             kron = factors[0].double()
             for factor in factors[1:]:
                 kron = torch.kron(kron, factor.double())  # row-major flattening: the last axis varies fastest
@@ -31,36 +37,48 @@ def dense_operator(grid: tuple[int, ...], decays: Tensor) -> Tensor:
     return torch.stack(operators)
 
 
-def make_module(dim: int, heads: int, num_axes: int) -> MDTPE:
-    module = MDTPE(dim, heads, num_axes=num_axes)
+def make_module(dim: int, heads: int, num_axes: int, form: str = "symmetric") -> MDTPE:
+    module = MDTPE(dim, heads, num_axes=num_axes, form=form)
     with torch.no_grad():
-        module.decay_logit.copy_(torch.randn(num_axes, heads) * 1.5)  # away from the evenly spread defaults
+        module.decay_logit.copy_(torch.randn_like(module.decay_logit) * 1.5)  # away from the evenly spread defaults
         module.norm_weight.copy_(torch.rand(dim) + 0.5)
     return module
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 17, 64])
-def test_symmetric_toeplitz_along(length):
-    decays = torch.tensor([0.3, 0.8, 0.99])  # one per head group, broadcast over the channels of a group
+def test_toeplitz_along(length):
+    forward = torch.tensor([0.3, 0.8, 0.99])  # one per head group, broadcast over the channels of a group
+    backward = torch.tensor([0.9, 0.2, 0.5])
     x = torch.randn(2, length, 3, 4)  # [B, n, H, C]
-    out = symmetric_toeplitz_along(x, decays[:, None], dim=1)
-    expected = torch.stack(
-        [torch.einsum("ij,bjc->bic", toeplitz(length, d.item()), x[:, :, h].double()) for h, d in enumerate(decays)],
-        dim=2,
-    )
+    out = toeplitz_along(x, forward[:, None], backward[:, None], dim=1)
+    operators = [toeplitz(length, f.item(), b.item()) for f, b in zip(forward, backward, strict=True)]
+    expected = torch.stack([torch.einsum("ij,bjc->bic", t, x[:, :, h].double()) for h, t in enumerate(operators)], 2)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_symmetric_toeplitz_along_inner_axis():
+def test_toeplitz_along_inner_axis():
     x = torch.randn(2, 5, 9, 3)  # scan the second axis of a grid, [B, n_1, n_2, C]
-    out = symmetric_toeplitz_along(x, torch.tensor(0.7), dim=2)
-    expected = torch.einsum("ij,bajc->baic", toeplitz(9, 0.7), x.double())
+    out = toeplitz_along(x, torch.tensor(0.7), torch.tensor(0.4), dim=2)
+    expected = torch.einsum("ij,bajc->baic", toeplitz(9, 0.7, 0.4), x.double())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("form", "mirror_blind"), [("symmetric", True), ("asymmetric", False)])
+def test_only_the_asymmetric_form_sees_direction(form, mirror_blind):
+    # Reversing an axis commutes with a symmetric Toeplitz operator; with a decay per direction it does not,
+    # already at initialisation.
+    module = MDTPE(8, 2, num_axes=2, form=form)
+    x = torch.randn(1, 4, 5, 8)  # [B, h, w, D]
+    for axis in (1, 2):
+        mirrored = module.mix(x.flip(axis).flatten(1, 2), (4, 5)).unflatten(1, (4, 5)).flip(axis)
+        difference = (mirrored - module.mix(x.flatten(1, 2), (4, 5)).unflatten(1, (4, 5))).abs().max().item()
+        assert (difference < 1e-5) == mirror_blind, f"axis {axis}: {difference:.2e}"
+
+
+@pytest.mark.parametrize("form", ["symmetric", "asymmetric"])
 @pytest.mark.parametrize(("grid", "dim", "heads"), [((5, 7), 12, 3), ((2, 3, 4), 8, 2), ((1, 6), 8, 2), ((9,), 6, 3)])
-def test_mix_equals_dense_toeplitz(grid, dim, heads):
-    module = make_module(dim, heads, num_axes=len(grid))
+def test_mix_equals_dense_toeplitz(grid, dim, heads, form):
+    module = make_module(dim, heads, num_axes=len(grid), form=form)
     x = torch.randn(2, math.prod(grid), dim)
     operator = dense_operator(grid, torch.sigmoid(module.decay_logit.detach().double()))  # [H, N, N]
     x_heads = x.reshape(2, -1, heads, dim // heads).double()  # [B, N, H, D/H]

@@ -1,4 +1,4 @@
-"""LightNet-DiT (SPEC §6): every preset, adaLN-Zero initialisation, classifier-free guidance and label dropout."""
+"""LightNet-DiT (arXiv 2405.21022): every preset, adaLN-Zero initialisation, classifier-free guidance and label dropout."""
 
 import pytest
 import torch
@@ -186,11 +186,16 @@ def test_no_weight_decay_names_are_parameters():
 
 def test_a_constant_input_still_tells_mirrored_positions_apart():
     # From pure noise (at the last timestep) a denoiser must place a class's strokes at absolute grid positions.
-    # MD-TPE and MD-LRPE are relative and mirror-symmetric, so the condition token at angle 0 is what breaks the
-    # symmetry: without it the output for a constant input equals its own mirror image.
-    model = wake(tiny_dit(patch_size=1, input_size=6)).eval()
-    with torch.no_grad():
-        model.x_embedder.proj.bias.normal_()  # a constant input reaches every token as the same vector
-        out = model(torch.zeros(2, 4, 6, 6), torch.tensor([999, 999]), torch.tensor([1, 3]))
-    assert (out - out.flip(-1)).abs().max() > 1e-3  # left and right differ
-    assert (out - out.flip(-2)).abs().max() > 1e-3  # top and bottom differ
+    # MD-TPE and MD-LRPE are relative, so the condition token at angle 0 is what anchors the grid: without angles
+    # (and with the symmetric MD-TPE) the output for a constant input equals its own mirror image.
+    def mirror_gaps(**overrides) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = wake(tiny_dit(patch_size=1, input_size=6, **overrides)).eval()
+        with torch.no_grad():
+            model.x_embedder.proj.bias.normal_()  # a constant input reaches every token as the same vector
+            out = model(torch.zeros(2, 4, 6, 6), torch.tensor([999, 999]), torch.tensor([1, 3]))
+        return (out - out.flip(-1)).abs().max().item(), (out - out.flip(-2)).abs().max().item()
+
+    for lrpe in ("rotary", "cosine"):
+        assert min(mirror_gaps(lrpe=lrpe)) > 1e-4, lrpe  # left/right and top/bottom differ
+    assert max(mirror_gaps(lrpe="none", tpe="symmetric")) < 1e-6

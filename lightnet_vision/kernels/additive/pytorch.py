@@ -201,7 +201,7 @@ def additive_attention(
         angles: MD-LRPE angles, applied to q and to k̄ before the product as `lrpe` says.
         lrpe: `"cosine"`, the paper's form: angles `[N, K]`, `x ↦ [x cos Θ, x sin Θ]` (2K wide), even in the
             offset between two tokens; or `"rotary"`: angles `[N, K/2]`, channel pairs `(c, c + K/2)` turned by Θ
-            (K wide), which also tells an offset from its mirror image.
+            (K wide), which also tells an offset from its mirror image; "none" for no angles.
         chunk_size: Tokens per chunk in causal mode; memory grows as `N · chunk_size`.
         impl: `"torch"` for this PyTorch code, `"triton"` for the fused kernels of `triton_noncausal.py` and
             `triton_causal.py` (no gradient for `angles`; `chunk_size` is fixed there), `"auto"` for Triton where
@@ -244,10 +244,12 @@ def additive_attention(
 
 
 def _check_angles(q: Tensor, angles: Tensor | None, lrpe: str) -> None:
-    if lrpe not in LRPE_FORMS:
-        raise ValueError(f"lrpe must be one of {LRPE_FORMS}, got {lrpe!r}")
+    if lrpe not in (*LRPE_FORMS, "none"):
+        raise ValueError(f"lrpe must be one of {(*LRPE_FORMS, 'none')}, got {lrpe!r}")
     if angles is None:
         return
+    if lrpe == "none":
+        raise ValueError("lrpe='none' takes no angles; pass lrpe='cosine' or 'rotary' with them")
     n, dim_k = q.shape[1], q.shape[3]
     if lrpe == "rotary" and dim_k % 2:
         raise ValueError(f"lrpe='rotary' turns channel pairs and needs an even head dim K, got K={dim_k}")
