@@ -3,20 +3,37 @@
     python benchmarks/models.py                  # all three families (about 12 min on an idle 2-core CPU)
     python benchmarks/models.py --only mixer --sizes 16 32 64 128 --repeats 7
     python benchmarks/models.py --quick          # smoke test: tiny sizes, one timed call
+    python benchmarks/models.py --device cuda --bf16 --compile blocks --modes train --only denoiser \
+        --pairs lightnet_dit_s_2 lightnet_dit_xl_2 --sizes 32   # what benchmarks/gpu_check.sh runs, among others
     make bench                                   # installs the `bench` extra (timm, matplotlib), then runs this
 
 | family     | LightNet (arXiv 2405.21022)   | peer                                               | size: side of   |
 |------------|-------------------------------|----------------------------------------------------|-----------------|
 | classifier | lightnet_tiny, lightnet_small | timm deit_tiny_patch16_224, deit_small_patch16_224 | image, 224..896 |
 | denoiser   | lightnet_dit_s_2              | diffusers DiTTransformer2DModel as DiT-S/2         | latent, 32..128 |
+|            | lightnet_dit_xl_2 (`--pairs`) | diffusers DiTTransformer2DModel as DiT-XL/2        |                 |
 | mixer      | LightNetAttention + MD-LRPE   | qkv Linear, scaled_dot_product_attention, proj     | grid, 16..128   |
 
-The mixers come at the widths of the tiny and small classifiers (192 with 3 heads, 384 with 6); both denoisers
-predict 4 channels (no learned variance) for 1000 classes. Mode `train` is one optimiser step of a model (forward,
-cross-entropy against the labels or MSE against the noise, backward, AdamW) and forward + backward of a mixer (a
-fixed upstream gradient, no optimiser); mode `inference` is a forward in eval mode under `torch.no_grad()`.
-Throughput is images/s for the models and tokens/s for the mixers; every ratio is LightNet / peer (throughput above
-1: LightNet is faster; memory below 1: LightNet needs less).
+The mixers come at the widths of the tiny and small classifiers (192 with 3 heads, 384 with 6); the denoisers
+predict 4 channels (no learned variance) for 1000 classes. The XL pair (28 layers, 1152 wide, 16 heads: about 675M
+parameters a side) runs only when `--pairs` names it, so that the default CPU run stays as it was; `--pairs` takes
+LightNet names and keeps only their pairs (e.g. `--pairs lightnet_tiny lightnet_dit_xl_2`).
+
+Mode `train` is one optimiser step of a model (forward, cross-entropy against the labels or MSE against the noise,
+backward, AdamW) and forward + backward of a mixer (a fixed upstream gradient, no optimiser); mode `inference` is a
+forward in eval mode under `torch.no_grad()`; `--modes` runs one of them only. Throughput is images/s for the models
+and tokens/s for the mixers; every ratio is LightNet / peer (throughput above 1: LightNet is faster; memory below 1:
+LightNet needs less).
+
+`--compile` compiles both sides the same way with torch.compile's default options, in place (`nn.Module.compile`)
+and then times them compiled: `--compile model` (or `--compile` alone) the whole model, as the tasks' `compile: true`
+does; `--compile blocks` each block of the model's stack of identical blocks (its ModuleList or Sequential of them;
+a model without one, such as a mixer, whole). Identical blocks share one compiled graph, so compiling takes about as
+long for 28 blocks as for one: this is the scope that fits a 28-layer DiT-XL/2 into a short GPU check. Every pair is
+compiled afresh (`torch._dynamo.reset()` before it, so that no cache limit sends a model back to eager unseen); the
+first call of each side and mode compiles and is recorded as `*_compile_s`, outside the timing. A side whose
+compilation (or any later call) raises is recorded as skipped with the reason, never a crash, and is not run at the
+larger sizes.
 
 Timing: both sides get the same input tensors (seeded), the same dtype (fp32; `--bf16` autocasts the forward to
 bf16 on CUDA) and the same number of threads (`torch.set_num_threads`, recorded). Calls alternate A B A B, so a
@@ -26,16 +43,22 @@ rounds. A side that runs out of memory or whose call takes longer than `--max-se
 the reason, and is not run at the larger sizes of the family.
 
 Peak memory (mode `train`) is what a step needs above what is resident before it (weights, inputs, AdamW's state):
-activations kept for backward, gradients, workspace. A side is built from scratch, run for one step (which creates
-the optimiser state and pages in the code), then measured on a second step. On CUDA: `max_memory_allocated()` after
-`reset_peak_memory_stats()`, minus `memory_allocated()` before the step. On CPU tracemalloc does not see torch's
-allocator, so each measurement runs in a fresh process (memory another model freed cannot be reused unseen): after
-the warm-up step, `malloc_trim(0)` returns the free heap to the system, the kernel's peak-RSS counter is reset
+activations kept for backward, gradients, workspace. On CUDA the timed step itself is run once more after the timing,
+then measured on the next step: `max_memory_allocated()` after `reset_peak_memory_stats()`, minus
+`memory_allocated()` before the step (the other side's weights are resident too, which the difference leaves out).
+On CPU a side is built from scratch (and compiled, with `--compile`), run for one step (which creates the
+optimiser state and pages in the code), then measured on a second step. Tracemalloc does not see torch's allocator,
+so each CPU measurement runs in a fresh process (memory another model freed cannot be reused unseen): after the
+warm-up step, `malloc_trim(0)` returns the free heap to the system, the kernel's peak-RSS counter is reset
 (`5 > /proc/self/clear_refs`, Linux only), and the result is the peak RSS during the step (`VmHWM`) minus the RSS
 before it (`VmRSS`). That counts what the process really holds, allocator fragmentation and oneDNN buffers included.
 
+On CUDA, models are built on the GPU (on the CPU if that fails) and the default batch holds 8 times as many
+tokens as on the CPU (classifier: 64 images at 224², 16 at 448², 4 at 896²), enough to keep the GPU busy.
+
 Output: a table, a CSV (`--out`, default benchmarks/results/models.csv; its `#` lines record the machine, threads,
-versions, device, dtype, command and date) and a log-log plot of throughput against size beside it (`.png`).
+versions, device, dtype, compilation, command and date; rewritten after every row, so a run that is stopped keeps
+what it measured) and a log-log plot of throughput against size beside it (`.png`, at the end).
 """
 
 import argparse
@@ -67,7 +90,7 @@ from lightnet_vision.models import create_model
 
 FAMILIES = ("classifier", "denoiser", "mixer")
 MODES = ("train", "inference")
-# (LightNet, peer) in each family.
+# (LightNet, peer) in each family: the pairs of a default run...
 PAIRS = {
     "classifier": [("lightnet_tiny", "deit_tiny_patch16_224"), ("lightnet_small", "deit_small_patch16_224")],
     "denoiser": [("lightnet_dit_s_2", "diffusers_dit_s_2")],
@@ -76,6 +99,9 @@ PAIRS = {
         ("lightnet_attention_small", "softmax_attention_small"),
     ],
 }
+# ...and those that run only when `--pairs` names them.
+EXTRA_PAIRS = {"classifier": [], "denoiser": [("lightnet_dit_xl_2", "diffusers_dit_xl_2")], "mixer": []}
+ALL_PAIRS = {family: PAIRS[family] + EXTRA_PAIRS[family] for family in FAMILIES}
 SIZES = {"classifier": [224, 448, 896], "denoiser": [32, 64, 128], "mixer": [16, 32, 64, 128]}
 QUICK_SIZES = {"classifier": [32, 64], "denoiser": [8, 16], "mixer": [4, 8]}
 QUICK_BATCH_SIZE = 2
@@ -83,6 +109,8 @@ PATCH_SIZE = {"classifier": 16, "denoiser": 2, "mixer": 1}
 # Default batch: as many samples as hold about this many tokens, at least one (classifier: 8 images at 224², 2 at
 # 448², 1 at 896²). It keeps every call long enough to time and the full CPU run near 12 minutes.
 TOKENS_PER_CALL = {"classifier": 8 * 14**2, "denoiser": 8 * 16**2, "mixer": 16 * 16**2}
+# On CUDA the default batch holds this many times as many tokens.
+CUDA_TOKEN_SCALE = 8
 UNITS = {"classifier": "images/s", "denoiser": "images/s", "mixer": "tokens/s"}
 SIZE_LABELS = {"classifier": "image side", "denoiser": "latent side", "mixer": "token grid side"}
 NUM_CLASSES = 1000
@@ -90,6 +118,8 @@ NUM_TIMESTEPS = 1000
 LATENT_CHANNELS = 4
 # (width, heads) of the mixers, as in the tiny and small classifiers (DeiT-Ti and DeiT-S): heads of 64 channels.
 MIXER_SHAPES = {"tiny": (192, 3), "small": (384, 6)}
+# The diffusers peers of the denoisers, as DiT's configurations: (layers, heads, head dim).
+DIFFUSERS_DIT = {"diffusers_dit_s_2": (12, 6, 64), "diffusers_dit_xl_2": (28, 16, 72)}
 # A pair whose first call takes longer than this is timed with one warm-up round and at most 3 timed rounds.
 SLOW_CALL_SECONDS = 2.0
 SLOW_CALL_REPEATS = 3
@@ -113,6 +143,9 @@ class SoftmaxAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(batch, n, dim))  # [B, N, D]
 
 
+# Keyword arguments of `nn.Module.compile` with `--compile`; empty: torch.compile's defaults (inductor).
+COMPILE_OPTIONS: dict = {}
+COMPILE_SCOPES = {"model": "whole model on both sides", "blocks": "repeated blocks on both sides (regional)"}
 # A LightNet model name with this suffix is built with gradient checkpointing (`--grad-checkpointing`).
 GRAD_CHECKPOINTING = "+grad_checkpointing"
 
@@ -131,18 +164,20 @@ def build_model(family: str, name: str, size: int) -> nn.Module:
 
         # timm's DeiT has a learned position table for one image size, hence img_size.
         return timm.create_model(name, pretrained=False, img_size=size, num_classes=NUM_CLASSES)
-    if name == "lightnet_dit_s_2":
+    if name.startswith("lightnet_dit"):
         return create_model(
             name, input_size=size, in_channels=LATENT_CHANNELS, num_classes=NUM_CLASSES, learn_sigma=False
         )
-    if name == "diffusers_dit_s_2":
+    if name in DIFFUSERS_DIT:
         from diffusers import DiTTransformer2DModel
 
-        # DiT-S/2: 12 layers of 6 heads × 64; out_channels = in_channels is DiT's learn_sigma=False.
+        # DiT-S/2: 12 layers of 6 heads × 64, DiT-XL/2: 28 layers of 16 heads × 72; out_channels = in_channels is
+        # DiT's learn_sigma=False.
+        num_layers, num_heads, head_dim = DIFFUSERS_DIT[name]
         return DiTTransformer2DModel(
-            num_layers=12,
-            num_attention_heads=6,
-            attention_head_dim=64,
+            num_layers=num_layers,
+            num_attention_heads=num_heads,
+            attention_head_dim=head_dim,
             patch_size=2,
             in_channels=LATENT_CHANNELS,
             out_channels=LATENT_CHANNELS,
@@ -154,6 +189,44 @@ def build_model(family: str, name: str, size: int) -> nn.Module:
     if name.startswith("softmax_attention"):
         return SoftmaxAttention(*mixer_shape(name))
     raise ValueError(f"no model {name!r} in family {family!r}")
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of the model's stacks of identical blocks: children of a ModuleList or Sequential attribute that
+    holds at least two modules, all of one class with parameters of the same names and shapes."""
+    blocks = []
+    for child in model.children():
+        if isinstance(child, nn.ModuleList | nn.Sequential) and len(child) > 1 and len(set(map(signature, child))) == 1:
+            blocks += list(child)
+    return blocks
+
+
+def signature(module: nn.Module) -> tuple:
+    return type(module), tuple((name, tuple(p.shape)) for name, p in module.named_parameters())
+
+
+def compile_in_place(model: nn.Module, scope: str) -> None:
+    """`--compile model`: the whole model; `--compile blocks`: each of its `repeated_blocks` (else the whole)."""
+    for module in (repeated_blocks(model) if scope == "blocks" else []) or [model]:
+        module.compile(**COMPILE_OPTIONS)
+
+
+def build_on_device(family: str, name: str, size: int, device: str, compile: str = "") -> nn.Module:
+    """`build_model` on `device`: initialised there on CUDA (fast for the XL models), on the CPU if that fails; then
+    compiled in place with `compile` "model" or "blocks" (see `compile_in_place`)."""
+    model = None
+    if device.startswith("cuda"):
+        try:
+            with torch.device(device):
+                model = build_model(family, name, size)
+        except Exception:  # e.g. an initialisation that mixes devices: built on the CPU below
+            model = None
+    if model is None:
+        model = build_model(family, name, size)
+    model = model.to(device)
+    if compile:
+        compile_in_place(model, compile)
+    return model
 
 
 def mixer_shape(name: str) -> tuple[int, int]:
@@ -191,7 +264,7 @@ def make_inputs(family: str, size: int, batch: int, device: str, name: str = "")
 def run_forward(model: nn.Module, name: str, inputs: dict[str, Tensor]) -> Tensor:
     if "images" in inputs:
         return model(inputs["images"])  # [B, classes]
-    if name == "diffusers_dit_s_2":
+    if name in DIFFUSERS_DIT:
         latents, timesteps, labels = inputs["latents"], inputs["timesteps"], inputs["labels"]
         return model(latents, timestep=timesteps, class_labels=labels, return_dict=False)[0]  # [B, C, H, W]
     if "latents" in inputs:
@@ -243,9 +316,11 @@ def make_inference_call(name: str, model: nn.Module, inputs: dict[str, Tensor], 
     return infer
 
 
-def train_step_from_scratch(family: str, name: str, size: int, batch: int, device: str, bf16: bool) -> Callable:
+def train_step_from_scratch(
+    family: str, name: str, size: int, batch: int, device: str, bf16: bool, compile: str = ""
+) -> Callable:
     """A train step with its own model and inputs; picklable through functools.partial, for the memory process."""
-    model = build_model(family, name, size).to(device).train()
+    model = build_on_device(family, name, size, device, compile).train()
     return make_train_step(family, name, model, make_inputs(family, size, batch, device, name), bf16)
 
 
@@ -253,6 +328,28 @@ def train_step_from_scratch(family: str, name: str, size: int, batch: int, devic
 class Timing:
     seconds: list[float] = field(default_factory=list)
     skipped: str = ""
+
+
+class CallFailed(RuntimeError):
+    """A call that raised (other than running out of memory): its side is skipped with this message as the reason."""
+
+
+def guarded(call: Callable[[], None], what: str) -> Callable[[], None]:
+    """`call`, with any error but out-of-memory turned into `CallFailed("{what} failed (...)")`."""
+
+    def run() -> None:
+        try:
+            call()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            raise CallFailed(f"{what} failed ({type(error).__name__}: {first_line(error)})") from error
+
+    return run
+
+
+def first_line(error: BaseException, width: int = 100) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:width]
 
 
 def synchronize(device: str) -> None:
@@ -282,9 +379,12 @@ def time_interleaved(
                 synchronize(device)
                 seconds = time.perf_counter() - start
             except torch.OutOfMemoryError as error:
-                timing.seconds, timing.skipped = [], f"out of memory ({str(error).splitlines()[0][:80]})"
+                timing.seconds, timing.skipped = [], f"out of memory ({first_line(error, 80)})"
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
+                continue
+            except CallFailed as error:
+                timing.seconds, timing.skipped = [], str(error)
                 continue
             if seconds > max_seconds:
                 timing.seconds, timing.skipped = [], f"one call took {seconds:.0f} s > --max-seconds {max_seconds:g}"
@@ -357,6 +457,8 @@ class Settings:
     warmup: int
     max_seconds: float
     measure_memory: bool = True
+    compile: str = ""  # "", "model" or "blocks"
+    modes: tuple[str, ...] = MODES
 
 
 def measure_pair(
@@ -381,25 +483,33 @@ def measure_pair(
             calls[name] = make_train_step(family, name, model, inputs, settings.bf16)
         else:
             calls[name] = make_inference_call(name, model, inputs, settings.bf16)
+    compile_seconds = {}
+    if settings.compile:
+        calls = {name: guarded(call, "torch.compile") for name, call in calls.items()}
+        compile_seconds = first_calls(calls, settings.device, notes)
     timings, warmup, repeats = time_interleaved(
         calls, settings.repeats, settings.warmup, settings.device, settings.max_seconds
     )
     for name, timing in timings.items():
         if timing.skipped:
             notes[name] = timing.skipped
-            skipped_before[(name, mode)] = f"skipped since {size}: {timing.skipped}"
+    for name, note in notes.items():
+        skipped_before.setdefault((name, mode), f"skipped since {size}: {note}")
 
     peaks = {}
     if mode == "train" and settings.measure_memory:
         for name in timings:
             if name in notes:
                 continue
-            build_step = functools.partial(
-                train_step_from_scratch, family, name, size, batch, settings.device, settings.bf16
-            )
+            if settings.device.startswith("cuda"):
+                build_step = functools.partial(lambda call: call, calls[name])  # the timed step, measured in place
+            else:
+                build_step = functools.partial(
+                    train_step_from_scratch, family, name, size, batch, settings.device, settings.bf16, settings.compile
+                )
             try:
                 peaks[name] = measure_peak_memory(build_step, settings.device, settings.threads)
-            except (torch.OutOfMemoryError, BrokenProcessPool, OSError) as error:
+            except (torch.OutOfMemoryError, CallFailed, BrokenProcessPool, OSError) as error:
                 notes[name] = f"memory not measured ({type(error).__name__})"
 
     items_per_call = batch * (size // PATCH_SIZE[family]) ** 2 if family == "mixer" else batch
@@ -425,38 +535,89 @@ def measure_pair(
         "lightnet_peak_mib": peaks.get(lightnet),
         "peer_peak_mib": peaks.get(peer),
         "memory_ratio": ratio(peaks.get(lightnet), peaks.get(peer)),
+        "compile": settings.compile or "eager",
+        "lightnet_compile_s": compile_seconds.get(lightnet),
+        "peer_compile_s": compile_seconds.get(peer),
         "warmup": warmup,
         "repeats": repeats,
         "skipped": "; ".join(f"{name}: {note}" for name, note in notes.items()),
     }
 
 
+def first_calls(calls: dict[str, Callable[[], None]], device: str, notes: dict[str, str]) -> dict[str, float]:
+    """Run each call once, untimed for the throughput: with `--compile` this call compiles. Returns its seconds by
+    name; a call that fails is removed from `calls` and its reason put in `notes`."""
+    seconds = {}
+    for name, call in list(calls.items()):
+        try:
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            seconds[name] = time.perf_counter() - start
+        except (torch.OutOfMemoryError, CallFailed) as error:
+            out_of_memory = isinstance(error, torch.OutOfMemoryError)
+            notes[name] = f"out of memory ({first_line(error, 80)})" if out_of_memory else str(error)
+            del calls[name]
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    return seconds
+
+
 def parameter_millions(model: nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def default_batch_size(family: str, size: int) -> int:
-    return max(1, TOKENS_PER_CALL[family] // (size // PATCH_SIZE[family]) ** 2)
+def default_batch_size(family: str, size: int, device: str = "cpu") -> int:
+    tokens = TOKENS_PER_CALL[family] * (CUDA_TOKEN_SCALE if device.startswith("cuda") else 1)
+    return max(1, tokens // (size // PATCH_SIZE[family]) ** 2)
 
 
 def run_family(
-    family: str, sizes: list[int], batch_size: int | None, settings: Settings, grad_checkpointing: bool = False
+    family: str,
+    sizes: list[int],
+    batch_size: int | None,
+    settings: Settings,
+    grad_checkpointing: bool = False,
+    pairs: list[tuple[str, str]] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Every pair of a family at every size, train then inference; sizes in increasing order."""
+    """Every pair of a family (`pairs`, default `PAIRS[family]`) at every size, in each mode of the settings; sizes in
+    increasing order. `on_row` is called with each row as soon as it is measured."""
     rows = []
     skipped_before: dict[tuple[str, str], str] = {}
     for size in sorted(sizes):
-        batch = batch_size or default_batch_size(family, size)
-        for lightnet, peer in PAIRS[family]:
+        batch = batch_size or default_batch_size(family, size, settings.device)
+        for lightnet, peer in PAIRS[family] if pairs is None else pairs:
             if grad_checkpointing and family != "mixer":
                 lightnet += GRAD_CHECKPOINTING
+            if settings.compile:
+                torch._dynamo.reset()  # fresh caches for every pair: no recompile limit is ever reached
             inputs = make_inputs(family, size, batch, settings.device, lightnet)
-            models = {name: build_model(family, name, size).to(settings.device) for name in (lightnet, peer)}
-            for mode in MODES:
+            device, compile = settings.device, settings.compile
+            models = {name: build_on_device(family, name, size, device, compile) for name in (lightnet, peer)}
+            for mode in settings.modes:
                 row = measure_pair(family, mode, size, batch, models, inputs, settings, skipped_before)
                 print(format_row(row), flush=True)
                 rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+            del models, inputs
+            if settings.device.startswith("cuda"):
+                torch.cuda.empty_cache()
     return rows
+
+
+def select_pairs(families: list[str], names: list[str] | None) -> dict[str, list[tuple[str, str]]]:
+    """The pairs of each family: `PAIRS` without `names`, else the pairs of `ALL_PAIRS` whose LightNet is named."""
+    if names is None:
+        return {family: PAIRS[family] for family in families}
+    selected = {family: [pair for pair in ALL_PAIRS[family] if pair[0] in names] for family in families}
+    for family, pairs in selected.items():
+        if not pairs:
+            choices = ", ".join(lightnet for lightnet, _ in ALL_PAIRS[family])
+            raise SystemExit(f"--pairs names no pair of the family {family}; its LightNet models: {choices}")
+    return selected
 
 
 def cpu_model() -> str:
@@ -478,6 +639,7 @@ def describe_run(settings: Settings, command: str) -> dict[str, str]:
         "device": f"{settings.device} ({device})",
         "threads": str(settings.threads),
         "dtype": "bf16 autocast" if settings.bf16 else "fp32",
+        "compile": f"torch.compile of the {COMPILE_SCOPES[settings.compile]}" if settings.compile else "eager",
         "versions": ", ".join(
             f"{package} {importlib.metadata.version(package)}" for package in ("torch", "timm", "diffusers")
         ),
@@ -524,7 +686,7 @@ def write_csv(rows: list[dict], description: dict[str, str], path: Path) -> None
 
 
 def draw_plot(rows: list[dict], path: Path, title: str) -> None:
-    """Throughput against size, log-log: one column of panels per family, train above inference."""
+    """Throughput against size, log-log: one column of panels per family, train above inference (those measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -532,12 +694,14 @@ def draw_plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.ticker
 
     families = [family for family in FAMILIES if any(row["family"] == family for row in rows)]
-    figure, axes = plt.subplots(2, len(families), figsize=(5 * len(families), 8), squeeze=False)
+    modes = [mode for mode in MODES if any(row["mode"] == mode for row in rows)]
+    figure, axes = plt.subplots(len(modes), len(families), figsize=(5 * len(families), 4 * len(modes)), squeeze=False)
     for column, family in enumerate(families):
         sizes = sorted({row["size"] for row in rows if row["family"] == family})
-        for line, mode in enumerate(MODES):
+        for line, mode in enumerate(modes):
             axis = axes[line][column]
-            for color, (lightnet, peer) in enumerate(PAIRS[family]):
+            measured = {(row["lightnet"], row["peer"]) for row in rows if row["family"] == family}
+            for color, (lightnet, peer) in enumerate(sorted(measured, key=pair_order(family))):
                 pair_rows = [
                     r for r in rows if r["family"] == family and r["mode"] == mode and r["lightnet"] == lightnet
                 ]
@@ -560,6 +724,12 @@ def draw_plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def pair_order(family: str) -> Callable[[tuple[str, str]], int]:
+    """Sort key of a family's measured pairs: their order in `ALL_PAIRS` (a `+grad_checkpointing` LightNet too)."""
+    order = [lightnet for lightnet, _ in ALL_PAIRS[family]]
+    return lambda pair: order.index(pair[0].removesuffix(GRAD_CHECKPOINTING))
+
+
 def parse_batch_sizes(values: list[str]) -> dict[str, int]:
     """`classifier=4 mixer=1` → {"classifier": 4, "mixer": 1}."""
     batch_sizes = {}
@@ -576,6 +746,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="families to run")
     parser.add_argument("--sizes", type=int, nargs="+", help="sides to run (with a single --only family)")
+    lightnet_names = [lightnet for family in FAMILIES for lightnet, _ in ALL_PAIRS[family]]
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        choices=lightnet_names,
+        metavar="LIGHTNET",
+        help=f"only the pairs of these LightNet models, XL included ({', '.join(lightnet_names)})",
+    )
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to run")
     parser.add_argument(
         "--batch-size",
         nargs="+",
@@ -587,6 +766,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed rounds first (default 2; 1 with --quick)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--bf16", action="store_true", help="autocast the forward to bf16 (CUDA)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="model",
+        default="",
+        choices=list(COMPILE_SCOPES),
+        help="torch.compile both sides: the whole model (default) or each repeated block",
+    )
     parser.add_argument("--max-seconds", type=float, default=120.0, help="skip a side whose call takes longer")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument(
@@ -614,21 +801,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
         warmup=default_warmup if args.warmup is None else args.warmup,
         max_seconds=args.max_seconds,
         measure_memory=not args.no_memory,
+        compile=args.compile,
+        modes=tuple(mode for mode in MODES if mode in args.modes),
     )
     torch.set_num_threads(settings.threads)
     batch_sizes = parse_batch_sizes(args.batch_size)
+    pairs = select_pairs(args.only, args.pairs)
     description = describe_run(settings, command)
     for key, value in description.items():
         print(f"{key}: {value}")
     print(HEADER, flush=True)
 
     rows = []
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        write_csv(rows, description, args.out)  # after every row: a stopped run keeps what it measured
+
     for family in args.only:
         sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)[family]
         batch_size = batch_sizes.get(family, QUICK_BATCH_SIZE if args.quick else None)
-        rows += run_family(family, sizes, batch_size, settings, args.grad_checkpointing)
-
-    write_csv(rows, description, args.out)
+        run_family(family, sizes, batch_size, settings, args.grad_checkpointing, pairs[family], keep)
+    if not rows:
+        raise SystemExit("no pair was measured")
     plot_path = args.out.with_suffix(".png")
     draw_plot(rows, plot_path, f"{description['device']}, {description['threads']} threads, {description['dtype']}")
     print(f"wrote {args.out} and {plot_path}")

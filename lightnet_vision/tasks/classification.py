@@ -43,6 +43,9 @@ class ImageClassification(LightningModule):
         cutmix_alpha: CutMix's Beta parameter; 0 disables CutMix. With both on, each batch picks one at random.
         class_names: Names of the classes in label order (linked from the DataModule), kept in the checkpoint so
             `predict` can name its answers.
+        compile: `torch.compile` the backbone in place before the first step (`nn.Module.compile`: parameter
+            names, checkpoints and EMA weights stay those of the eager model). Worth it on GPUs; the first steps
+            are slower while it compiles.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class ImageClassification(LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         class_names: list[str] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         save_task_hyperparameters(self)
@@ -62,6 +66,7 @@ class ImageClassification(LightningModule):
         self.lr_scheduler = lr_scheduler
         self.label_smoothing = label_smoothing
         self.class_names = class_names
+        self.compile_backbone = compile
         num_classes = model.num_classes
         self.batch_mix = _batch_mix(mixup_alpha, cutmix_alpha, num_classes)
         top5 = min(5, num_classes)
@@ -108,6 +113,10 @@ class ImageClassification(LightningModule):
         return {"paths": list(paths), "index": index.tolist(), "probability": confidence.tolist()}
 
     def setup(self, stage: str) -> None:
+        # In setup rather than configure_model: compiling in place shards nothing, and overriding configure_model
+        # makes Lightning's weight averaging warn about sharded layers.
+        if self.compile_backbone:
+            self.model.compile()
         # Classes, channels and patch grid must agree with the data before the first step (lightnet_vision/checks.py).
         check_classifier_data(self.trainer.datamodule, self.model)
 
