@@ -1,4 +1,4 @@
-"""LightNet attention, block, GLU and patch embedding (SPEC §5-6): properties and equality with the formulas."""
+"""LightNet attention, block, GLU and patch embedding (arXiv 2405.21022): properties and equality with the formulas."""
 
 import math
 
@@ -148,7 +148,7 @@ def test_patch_embed_rejects_wrong_channels():
 
 
 class TinyStack(nn.Module):
-    # PatchEmbed -> x + MD-TPE -> blocks with MD-LRPE angles, as the classifier of SPEC §6 stacks them.
+    # PatchEmbed -> x + MD-TPE -> blocks with MD-LRPE angles, as the classifier stacks them.
     def __init__(self, patch: int = 4, dim: int = 16, heads: int = 2) -> None:
         super().__init__()
         self.embed = PatchEmbed(patch, 3, dim)
