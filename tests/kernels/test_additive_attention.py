@@ -1,4 +1,4 @@
-"""`additive_attention` against its dense twin `naive_additive_attention` (SPEC §2): outputs and every gradient."""
+"""`additive_attention` against its dense twin `naive_additive_attention`: outputs and every gradient."""
 
 import pytest
 import torch
@@ -16,9 +16,13 @@ def rmse(x: Tensor) -> float:
 
 
 def assert_close(name: str, ref: Tensor, out: Tensor, ratio: float, atol: float = 1e-6) -> None:
-    """Relative RMSE `rmse(ref - out) / rmse(ref) <= ratio`; `atol` only matters where `ref` is (near) zero."""
+    """Relative RMSE `rmse(ref - out) / rmse(ref) <= ratio`; `atol` only matters where `ref` is (near) zero.
+
+    Both sides are compared on the CPU in float64, whichever devices they come from (a CUDA output against a CPU
+    reference, or the other way round)."""
+    ref, out = ref.detach().cpu().double(), out.detach().cpu().double()
     assert torch.isfinite(out).all(), f"{name}: non-finite values"
-    err, base = rmse(ref.double() - out.double()), rmse(ref)
+    err, base = rmse(ref - out), rmse(ref)
     assert err <= max(ratio * base, atol), f"{name}: RMSE {err:.3e} vs reference RMSE {base:.3e}, ratio {ratio:.1e}"
 
 

@@ -12,14 +12,15 @@ if not torch.cuda.is_available():
     # Triton reads the flag when a kernel is defined, i.e. when the kernel module is first imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton", reason="Triton is not installed: the fused kernels cannot be built or interpreted")
+triton = pytest.importorskip(
+    "triton", reason="Triton is not installed: the fused kernels cannot be built or interpreted"
+)
 
 from test_additive_attention import RATIO, assert_close, make_inputs, rmse  # noqa: E402
 
 from lightnet_vision.kernels import additive_attention  # noqa: E402
-from lightnet_vision.kernels.additive import pytorch as additive_pytorch  # noqa: E402
 from lightnet_vision.kernels.additive import triton_causal, triton_noncausal  # noqa: E402
-from lightnet_vision.kernels.additive.naive import naive_additive_attention  # noqa: E402
+from lightnet_vision.kernels.additive.naive import naive_additive_attention, rotate_pairs  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -46,6 +47,18 @@ def run_triton_and_naive(q, k, v, angles=None, do=None, causal=False):
     return (out, q.grad, k.grad, v.grad), (ref, *(x.grad for x in ref_inputs))
 
 
+def key_gradient_floor(ratio: float, q, v, do) -> float:
+    """An absolute floor for the error of dk, on the scale of the terms it is the difference of.
+
+    `dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄)` with `dk̄ = v (q̃ᵀ do)ᵀ`, of typical size rms(v) rms(q) rms(do) √(N V); the rounding
+    of bf16/TF32 products is relative to that, not to dk. With one token the exact dk is 0 (a softmax over one token
+    has no gradient) and the kernels leave ~1e-4 of that scale: a floor of `ratio` times it still fails on a wrong
+    correction term, whose error is of the order of the scale itself.
+    """
+    n, dim_v = v.shape[1], v.shape[-1]
+    return ratio * rmse(q) * rmse(v) * rmse(do) * (n * dim_v) ** 0.5
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("use_angles", [False, True], ids=["plain", "angles"])
 @pytest.mark.parametrize(("k", "v"), [(16, 16), (5, 7)], ids=["k16v16", "k5v7"])
@@ -54,10 +67,29 @@ def run_triton_and_naive(q, k, v, angles=None, do=None, causal=False):
 def test_matches_naive(causal, b, n, h, k, v, use_angles, dtype):
     q, key, value = make_inputs(b, n, h, k, v, dtype)
     angles = torch.rand(n, k) * 6.3 if use_angles else None
-    outs, refs = run_triton_and_naive(q, key, value, angles, causal=causal)
+    do = torch.randn(b, n, h, v).to(dtype)
+    outs, refs = run_triton_and_naive(q, key, value, angles, do=do, causal=causal)
     assert outs[0].shape == (b, n, h, v) and outs[0].dtype == dtype
+    floors = {"dk": key_gradient_floor(RATIO[dtype], q, value, do)}
     for name, ref, out, x in zip(["o", "dq", "dk", "dv"], refs, outs, (value, q, key, value), strict=True):
         assert out.dtype == x.dtype, f"{name} has dtype {out.dtype}"
+        assert_close(name, ref, out, RATIO[dtype], atol=floors.get(name, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_several_tiles_match_naive(causal, dtype):
+    # K = 40 and V = 72 are cut into several tiles by every kernel: the state tiles and the V tiles of the output
+    # (non-causal), K tiles of the gradients, K and V tiles whose partial sums the host adds (causal).
+    dim_k, dim_v = 40, 72
+    configs = [
+        triton_noncausal.launch_config(name, dim_k, dim_v, dtype) for name in ("state", "apply", "apply_transposed")
+    ]
+    configs += [triton_causal.launch_config(name, dim_k, dim_v, dtype) for name in ("forward", "dq", "dk", "dv")]
+    assert all(triton.cdiv(dim_k, c.bk) > 1 or triton.cdiv(dim_v, c.bv) > 1 for c in configs)
+    q, key, value = make_inputs(1, 37, 2, dim_k, dim_v, dtype)
+    outs, refs = run_triton_and_naive(q, key, value, torch.rand(37, dim_k) * 6.3, causal=causal)
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
         assert_close(name, ref, out, RATIO[dtype])
 
 
@@ -120,15 +152,15 @@ def test_non_contiguous_inputs(causal):
         assert_close(name, ref, out.cpu(), 1e-5)
 
 
-def run_split_and_naive(q, k, v, angles, num_splits):
+def run_split_and_naive(q, k, v, angles, num_splits, lrpe="cosine", do=None):
     """`run_triton_and_naive` for the non-causal kernel with a fixed number of programs along the tokens."""
     q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in (q, k, v))
     angles = None if angles is None else angles.to(DEVICE)
-    do = torch.randn(v.shape, device=DEVICE).to(v.dtype)
-    out = triton_noncausal.noncausal_additive_attention(q, k, v, angles, num_splits=num_splits)
+    do = torch.randn(v.shape, device=DEVICE).to(v.dtype) if do is None else do.to(DEVICE)
+    out = triton_noncausal.noncausal_additive_attention(q, k, v, angles, lrpe=lrpe, num_splits=num_splits)
     out.backward(do)
     ref_inputs = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    ref = naive_additive_attention(*ref_inputs, angles=angles)
+    ref = naive_additive_attention(*ref_inputs, angles=angles, lrpe=lrpe)
     ref.backward(do.float())
     return (out, q.grad, k.grad, v.grad), (ref, *(x.grad for x in ref_inputs))
 
@@ -136,7 +168,7 @@ def run_split_and_naive(q, k, v, angles, num_splits):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("num_splits", [2, 3, 5, 100])
 def test_token_splits_match_naive(num_splits, dtype):
-    # 257 tokens are 5 blocks of 64: splits of 3, 2 (and 1) blocks, 1 block each, and more splits than blocks.
+    # 257 tokens are 17 blocks of 16: splits of 9 and 8 blocks, 6, 4 (and 1) blocks, and more splits than blocks.
     q, key, value = make_inputs(2, 257, 1, 10, 6, dtype)
     outs, refs = run_split_and_naive(q, key, value, torch.rand(257, 10) * 6.3, num_splits)
     for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
@@ -151,6 +183,71 @@ def test_token_splits_with_a_split_of_padded_keys_only():
     outs, refs = run_split_and_naive(q, key, value, None, num_splits=4)
     for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
         assert_close(name, ref, out.cpu(), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    ("n", "dim_k", "dim_v", "num_splits"), [(63, 16, 8, None), (257, 16, 8, 3), (257, 40, 24, 2), (1, 8, 5, None)]
+)
+def test_rotary_matches_naive(n, dim_k, dim_v, num_splits, dtype):
+    # Rotary MD-LRPE through the cosine-form kernels and the host maps of the states, against the dense twin that
+    # turns channel pairs with 2x2 rotations. The cosine form of the duplicated angles gives another output. One
+    # token of bf16 has an exact dk of 0 again.
+    q, key, value = make_inputs(2, n, 2, dim_k, dim_v, dtype)
+    angles = torch.rand(n, dim_k // 2) * 6.3
+    do = torch.randn(2, n, 2, dim_v).to(dtype)
+    outs, refs = run_split_and_naive(q, key, value, angles, num_splits, lrpe="rotary", do=do)
+    floors = {"dk": key_gradient_floor(RATIO[dtype], q, value, do)}
+    for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
+        assert_close(name, ref, out, RATIO[dtype], atol=floors.get(name, 1e-6))
+    if n > 1:  # with one token every offset is 0, where both forms agree
+        cosine = naive_additive_attention(q.float(), key.float(), value.float(), angles=torch.cat([angles, angles], -1))
+        assert rmse(cosine - refs[0].cpu()) > 1e-2 * rmse(refs[0])
+
+
+def test_rotary_pairs_maps_the_cosine_state_to_the_rotary_product():
+    # The host map in float64: [q cos Θ', q sin Θ'] T = rot(q) S with Θ' = [Θ, Θ], T = rotary_pairs(C), and the map
+    # is its own adjoint, which is why it also takes dT back to the gradient of C.
+    n, dim_k, dim_v = 7, 6, 5
+    q, v = torch.randn(n, dim_k, dtype=torch.float64), torch.randn(n, dim_v, dtype=torch.float64)
+    k_bar = torch.rand(n, dim_k, dtype=torch.float64)
+    theta = torch.rand(n, dim_k // 2, dtype=torch.float64) * 6.3
+    full = torch.cat([theta, theta], dim=-1)  # [N, K]
+    c = torch.stack([(k_bar * full.cos()).T @ v, (k_bar * full.sin()).T @ v])  # [2, K, V]
+    t = triton_noncausal.rotary_pairs(c)
+    turned_q, turned_k = (rotate_pairs(x[None, :, None], theta)[0, :, 0] for x in (q, k_bar))  # [N, K]
+    torch.testing.assert_close((q * full.cos()) @ t[0] + (q * full.sin()) @ t[1], turned_q @ (turned_k.T @ v))
+    d = torch.randn_like(c)
+    torch.testing.assert_close(
+        (triton_noncausal.rotary_pairs(c) * d).sum(), (c * triton_noncausal.rotary_pairs(d)).sum()
+    )
+
+
+def test_rotary_public_op_matches_naive():
+    q, key, value = make_inputs(1, 20, 2, 8, 6, torch.float32)
+    angles = torch.rand(20, 4) * 6.3
+    out = additive_attention(
+        *(x.detach().to(DEVICE) for x in (q, key, value)), angles=angles.to(DEVICE), lrpe="rotary", impl="triton"
+    )
+    ref = naive_additive_attention(q.detach(), key.detach(), value.detach(), angles=angles, lrpe="rotary")
+    assert_close("o", ref, out, 1e-5)
+
+
+def test_rotary_needs_pairs_of_channels_and_half_angles():
+    q, key, value = (x.detach().to(DEVICE) for x in make_inputs(1, 8, 1, 6, 4, torch.float32))
+    with pytest.raises(ValueError, match="K/2"):
+        triton_noncausal.noncausal_additive_attention(q, key, value, torch.rand(8, 6, device=DEVICE), lrpe="rotary")
+    odd = [x.detach().to(DEVICE) for x in make_inputs(1, 8, 1, 5, 4, torch.float32)]
+    with pytest.raises(ValueError, match="even"):
+        triton_noncausal.noncausal_additive_attention(*odd, torch.rand(8, 2, device=DEVICE), lrpe="rotary")
+    with pytest.raises(ValueError, match="lrpe"):
+        triton_noncausal.noncausal_additive_attention(q, key, value, lrpe="learned")
+
+
+def test_causal_rotary_is_not_implemented():
+    q, key, value = (x.detach().to(DEVICE) for x in make_inputs(1, 8, 1, 4, 4, torch.float32))
+    with pytest.raises(NotImplementedError, match="rotary"):
+        triton_causal.causal_additive_attention(q, key, value, torch.rand(8, 2, device=DEVICE), lrpe="rotary")
 
 
 @pytest.mark.parametrize(
@@ -216,8 +313,25 @@ def test_auto_stays_on_pytorch_for_cpu_tensors(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="impl='auto' picks Triton only for CUDA tensors")
-def test_auto_uses_triton_on_cuda():
+def test_auto_uses_triton_on_cuda(monkeypatch):
+    # Dispatch seen through the public op: the non-causal kernel is called for what "auto" supports, and only then.
+    calls = []
+    kernel = triton_noncausal.noncausal_additive_attention
+
+    def record(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(triton_noncausal, "noncausal_additive_attention", record)
     q, key, value = (x.detach().cuda() for x in make_inputs(1, 9, 2, 4, 3, torch.float32))
-    assert additive_pytorch._triton_supports(q, key, value, angles=None)
-    assert not additive_pytorch._triton_supports(q, key, value, angles=torch.rand(9, 4, device="cuda").requires_grad_())
-    assert not additive_pytorch._triton_supports(q.double(), key.double(), value.double(), angles=None)
+    angles = torch.rand(9, 4, device="cuda")
+    out = additive_attention(q, key, value, angles=angles)
+    assert calls == [torch.float32], "fp32 CUDA tensors with fixed angles should reach the Triton kernel"
+    assert_close("o", naive_additive_attention(q, key, value, angles=angles), out, 1e-5)
+    additive_attention(q.bfloat16(), key.bfloat16(), value.bfloat16())
+    assert calls[1:] == [torch.bfloat16]
+    # Angles that need a gradient, fp64 tensors and causal calls stay on PyTorch.
+    additive_attention(q, key, value, angles=angles.clone().requires_grad_())
+    additive_attention(q.double(), key.double(), value.double())
+    additive_attention(q, key, value, causal=True)
+    assert len(calls) == 2

@@ -1,4 +1,4 @@
-"""LightNet-DiT (arXiv 2405.21022): every preset, adaLN-Zero initialisation, classifier-free guidance and label dropout."""
+"""LightNet-DiT: every preset, adaLN-Zero initialisation, classifier-free guidance and label dropout."""
 
 import pytest
 import torch

@@ -1,12 +1,20 @@
 """Fused Triton kernels for the non-causal additive attention of LightNet (arXiv 2405.21022), forward and backward.
 
-The tokens of each (batch, head) are cut into `S` contiguous splits, one program per (batch · head, split), so that a
-long sequence with few heads still fills the GPU. Forward: each program builds, over its split, the per-channel
-running max and sum of `exp(k)` and the unnormalised state `Σ exp(k − max) vᵀ` (fp32, `[K, V]`, or two `[K, V]`
-halves with MD-LRPE angles); the splits are merged (log-sum-exp style, a few `[S, K, V]` tensor ops) into the
-normalised state `S = k̃ᵀ v`; a second kernel writes `o = q̃ S`, again one program per split. The backward has the
-same shape: partial `dS = q̃ᵀ do` per split, summed, then dq, dk, dv per split. The rotation `[x cos Θ, x sin Θ]` is
-applied on the fly from the `[N, K]` angles, never materialised. The maths is in README.md.
+Three kernels, each a loop over the token blocks of one split of one (batch, head), and each cut into tiles along a
+head dim so that no program holds more than a small fp32 state tile in registers:
+
+- `_state_kernel`: a partial state `Σ x̃ᵀ y` over one split, one `[BK, BV]` tile of it per program. Forward: keys
+  and values, with the per-channel running max and sum of `exp(k)` (the softmax over tokens, log-sum-exp style);
+  backward: `dS = q̃ᵀ do`. The splits are merged on the host (a few `[S, K, V]` tensor ops).
+- `_apply_kernel`: `x̃ S` for one `BV` tile of V with the whole K: the output `o = q̃ S`, and `dv = k̃ dS` from the
+  key logits and the saved normaliser.
+- `_apply_transposed_kernel`: `y Sᵀ` folded back through the rotation, for one `BK` tile of K with the whole V:
+  `dq = do Sᵀ`, and `dk = k̄ ⊙ (v dSᵀ − Σ_n k̄ dk̄)`.
+
+The rotation `[x cos Θ, x sin Θ]` is applied on the fly from a `[2, N, K]` table of `cos Θ` and `sin Θ` that the host
+computes once per call; the rotated tensors are never materialised. Rotary angles are served by the same kernels
+through host-side maps of the tiny states (`rotary_pairs`). Block sizes are chosen by `launch_config`. The maths is
+in README.md.
 """
 
 import torch
@@ -15,29 +23,37 @@ import triton.language as tl
 from torch import Tensor
 
 from lightnet_vision.kernels.additive.triton_blocks import (
+    KernelConfig,
     accumulate_state,
     apply_state,
     apply_state_transposed,
     dot_precision,
+    load_rotation,
     load_rows,
+    padded,
+    rotation_table,
     store_rows,
+    tile,
 )
 
-# Largest head dim (K or V) one program holds: the state lives in registers.
+# Largest head dim (K or V): `_apply_kernel` holds a `[K, BV]` state tile, `_apply_transposed_kernel` a `[BK, V]` one.
 MAX_HEAD_DIM = 128
 # Tests set this to fill every output with NaN before a launch, so that a missed write cannot go unnoticed.
 POISON_OUTPUTS = False
 # With the automatic split, aim for this many programs per streaming multiprocessor...
 PROGRAMS_PER_SM = 4
-# ...but give each program at least this many token blocks, so that loading its state stays a small cost.
-MIN_BLOCKS_PER_SPLIT = 4
+# ...but give each program at least this many token blocks (256 tokens), so that loading its state tile stays a small
+# cost next to the tokens it streams.
+MIN_BLOCKS_PER_SPLIT = 16
+# How MD-LRPE angles act on q and on the normalised keys ("none": no angles).
+LRPE_FORMS = ("cosine", "rotary", "none")
 
 
 @triton.jit
-def _partial_state_kernel(
-    k,
-    v,
-    angles,
+def _state_kernel(
+    x,
+    y,
+    cos_sin,
     part_max,
     part_sum,
     part_state,
@@ -49,20 +65,25 @@ def _partial_state_kernel(
     BT: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    SOFTMAX: tl.constexpr,
     USE_ANGLES: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    i_bh, i_split = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    # Grid (B * H, splits, K tiles * V tiles). x is [B, N, H, K] (key logits if SOFTMAX, else q), y is [B, N, H, V].
+    i_bh, i_split, i_tile = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
-    offs_t, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
+    NV: tl.constexpr = (V + BV - 1) // BV
+    i_k, i_v = i_tile // NV, i_tile % NV
+    offs_t = tl.arange(0, BT)
+    offs_k, offs_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
-    # k and v are contiguous [B, N, H, K|V]: one token is H * K (or H * V) elements.
-    k_base = k + i_b * N * H * K + i_h * K
-    v_base = v + i_b * N * H * V + i_h * V
+    # x and y are contiguous [B, N, H, K|V]: one token is H * K (or H * V) elements.
+    x_base = x + i_b * N * H * K + i_h * K
+    y_base = y + i_b * N * H * V + i_h * V
     first = i_split * tokens_per_split
     end = tl.minimum(first + tokens_per_split, N)
 
-    # Running max m, running sum of exp(k - m) and the state relative to m, rescaled whenever m grows.
+    # SOFTMAX: running max m, running sum of exp(x - m) and the state relative to m, rescaled whenever m grows.
     m = tl.full([BK], float("-inf"), tl.float32)
     l_sum = tl.zeros([BK], dtype=tl.float32)
     s_cos = tl.zeros([BK, BV], dtype=tl.float32)
@@ -70,24 +91,31 @@ def _partial_state_kernel(
     for start in range(first, end, BT):
         t = start + offs_t
         mask_t = t < end
-        b_k = load_rows(k_base, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
-        b_v = load_rows(v_base, t, offs_v, mask_t, mask_v, H * V, 0.0)
-        theta = tl.zeros([BT, BK], dtype=tl.float32)
+        b_y = load_rows(y_base, t, offs_v, mask_t, mask_v, H * V, 0.0)  # [BT, BV]
+        cos = tl.zeros([BT, BK], dtype=tl.float32)
+        sin = cos
         if USE_ANGLES:
-            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
-        m_new = tl.maximum(m, tl.max(b_k, axis=0))
-        # A channel that has seen only -inf so far gets reference 0, so that exp never evaluates -inf - (-inf).
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_ref)
-        p = tl.exp(b_k - m_ref[None, :])  # [BT, BK], <= 1
-        l_sum = l_sum * alpha + tl.sum(p, axis=0)
-        s_cos, s_sin = accumulate_state(s_cos, s_sin, alpha, p, theta, b_v, USE_ANGLES, PRECISION)
-        m = m_new
+            cos, sin = load_rotation(cos_sin, t, offs_k, mask_t, mask_k, N, K)
+        if SOFTMAX:
+            b_x = load_rows(x_base, t, offs_k, mask_t, mask_k, H * K, float("-inf"))  # [BT, BK]
+            m_new = tl.maximum(m, tl.max(b_x, axis=0))
+            # A channel that has seen only -inf so far gets reference 0, so that exp never evaluates -inf - (-inf).
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            scale = tl.exp(m - m_ref)
+            weights = tl.exp(b_x - m_ref[None, :])  # <= 1
+            l_sum = l_sum * scale + tl.sum(weights, axis=0)
+            m = m_new
+        else:
+            scale = tl.full([BK], 1.0, tl.float32)
+            weights = load_rows(x_base, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        s_cos, s_sin = accumulate_state(s_cos, s_sin, scale, weights, cos, sin, b_y, USE_ANGLES, PRECISION)
 
     # part_max and part_sum are [B * H, S, K]; part_state is [B * H, S, 2, K, V]: the cos half, then the sin half.
     i_part = i_bh * tl.num_programs(1) + i_split
-    tl.store(part_max + i_part * K + offs_k, m, mask=mask_k)  # -inf where the split saw only padded keys
-    tl.store(part_sum + i_part * K + offs_k, l_sum, mask=mask_k)
+    if SOFTMAX:
+        # Written once per K tile, by its first V tile. -inf where the split saw only padded keys.
+        tl.store(part_max + i_part * K + offs_k, m, mask=mask_k & (i_v == 0))
+        tl.store(part_sum + i_part * K + offs_k, l_sum, mask=mask_k & (i_v == 0))
     s_ptr = part_state + i_part * 2 * K * V + offs_k[:, None] * V + offs_v[None, :]
     mask_kv = mask_k[:, None] & mask_v[None, :]
     tl.store(s_ptr, s_cos, mask=mask_kv)
@@ -95,11 +123,13 @@ def _partial_state_kernel(
 
 
 @triton.jit
-def _output_kernel(
-    q,
-    angles,
+def _apply_kernel(
+    x,
+    cos_sin,
+    row_max,
+    log_sum,
     state,
-    o,
+    out,
     N,
     tokens_per_split,
     H: tl.constexpr,
@@ -108,94 +138,58 @@ def _output_kernel(
     BT: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    SOFTMAX: tl.constexpr,
     USE_ANGLES: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    i_bh, i_split = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    # Grid (B * H, splits, V tiles); BK covers the whole K. out = x̃ S, with x = q, or (SOFTMAX) x̄ = the normalised
+    # keys exp((k - max) - log-sum) from key logits x. state is [B * H, 2, K, V], out is [B, N, H, V].
+    i_bh, i_split, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
-    offs_t, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
+    offs_t, offs_k = tl.arange(0, BT), tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
-    q_base = q + i_b * N * H * K + i_h * K
-    o_base = o + i_b * N * H * V + i_h * V
+    x_base = x + i_b * N * H * K + i_h * K
+    out_base = out + i_b * N * H * V + i_h * V
     s_ptr = state + i_bh * 2 * K * V + offs_k[:, None] * V + offs_v[None, :]
     mask_kv = mask_k[:, None] & mask_v[None, :]
-    s_cos = tl.load(s_ptr, mask=mask_kv, other=0.0)
-    s_sin = tl.load(s_ptr + K * V, mask=mask_kv, other=0.0)
+    s_cos = tl.load(s_ptr, mask=mask_kv, other=0.0)  # [BK, BV]
+    s_sin = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_ANGLES:
+        s_sin = tl.load(s_ptr + K * V, mask=mask_kv, other=0.0)
+    m = tl.zeros([BK], dtype=tl.float32)
+    log_l = tl.zeros([BK], dtype=tl.float32)
+    if SOFTMAX:
+        m = tl.load(row_max + i_bh * K + offs_k, mask=mask_k, other=0.0)
+        log_l = tl.load(log_sum + i_bh * K + offs_k, mask=mask_k, other=0.0)
     first = i_split * tokens_per_split
     end = tl.minimum(first + tokens_per_split, N)
     for start in range(first, end, BT):
         t = start + offs_t
         mask_t = t < end
-        b_q = load_rows(q_base, t, offs_k, mask_t, mask_k, H * K, 0.0)
-        theta = tl.zeros([BT, BK], dtype=tl.float32)
+        if SOFTMAX:
+            b_x = load_rows(x_base, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
+            b_x = tl.exp((b_x - m[None, :]) - log_l[None, :])  # [BT, BK], 0 for padded tokens and channels
+        else:
+            b_x = load_rows(x_base, t, offs_k, mask_t, mask_k, H * K, 0.0)
+        cos = tl.zeros([BT, BK], dtype=tl.float32)
+        sin = cos
         if USE_ANGLES:
-            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
-        b_o = apply_state(b_q, theta, s_cos, s_sin, USE_ANGLES, PRECISION)
-        store_rows(o_base, t, offs_v, mask_t, mask_v, H * V, b_o)
+            cos, sin = load_rotation(cos_sin, t, offs_k, mask_t, mask_k, N, K)
+        b_out = apply_state(b_x, cos, sin, s_cos, s_sin, USE_ANGLES, PRECISION)  # [BT, BV]
+        store_rows(out_base, t, offs_v, mask_t, mask_v, H * V, b_out)
 
 
 @triton.jit
-def _partial_dstate_kernel(
-    q,
-    angles,
-    do,
-    part_dstate,
-    N,
-    tokens_per_split,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    BT: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    USE_ANGLES: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    i_bh, i_split = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    offs_t, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
-    mask_k, mask_v = offs_k < K, offs_v < V
-    q_base = q + i_b * N * H * K + i_h * K
-    do_base = do + i_b * N * H * V + i_h * V
-    first = i_split * tokens_per_split
-    end = tl.minimum(first + tokens_per_split, N)
-
-    # dS = q̃ᵀ do over this split.
-    ones = tl.full([BK], 1.0, tl.float32)
-    ds_cos = tl.zeros([BK, BV], dtype=tl.float32)
-    ds_sin = tl.zeros([BK, BV], dtype=tl.float32)
-    for start in range(first, end, BT):
-        t = start + offs_t
-        mask_t = t < end
-        b_q = load_rows(q_base, t, offs_k, mask_t, mask_k, H * K, 0.0)
-        b_do = load_rows(do_base, t, offs_v, mask_t, mask_v, H * V, 0.0)
-        theta = tl.zeros([BT, BK], dtype=tl.float32)
-        if USE_ANGLES:
-            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
-        ds_cos, ds_sin = accumulate_state(ds_cos, ds_sin, ones, b_q, theta, b_do, USE_ANGLES, PRECISION)
-
-    i_part = i_bh * tl.num_programs(1) + i_split
-    s_ptr = part_dstate + i_part * 2 * K * V + offs_k[:, None] * V + offs_v[None, :]
-    mask_kv = mask_k[:, None] & mask_v[None, :]
-    tl.store(s_ptr, ds_cos, mask=mask_kv)
-    tl.store(s_ptr + K * V, ds_sin, mask=mask_kv)
-
-
-@triton.jit
-def _grads_kernel(
-    q,
-    k,
-    v,
-    angles,
-    do,
+def _apply_transposed_kernel(
+    y,
+    cos_sin,
     state,
-    dstate,
+    k,
     row_max,
     log_sum,
     correction,
-    dq,
-    dk,
-    dv,
+    out,
     N,
     tokens_per_split,
     H: tl.constexpr,
@@ -204,45 +198,49 @@ def _grads_kernel(
     BT: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    KEY_GRAD: tl.constexpr,
     USE_ANGLES: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    i_bh, i_split = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    # Grid (B * H, splits, K tiles); BV covers the whole V. out = y Sᵀ folded back through the rotation: dq from
+    # y = do and the state, or (KEY_GRAD) dk = k̄ ⊙ (dk̄ - corr) from y = v and dS, with dk̄ = v dSᵀ (folded back).
+    i_bh, i_split, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
-    offs_t, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
+    offs_t, offs_v = tl.arange(0, BT), tl.arange(0, BV)
+    offs_k = i_k * BK + tl.arange(0, BK)
     mask_k, mask_v = offs_k < K, offs_v < V
-    qk_offset = i_b * N * H * K + i_h * K
-    v_offset = i_b * N * H * V + i_h * V
-    s_ptr = i_bh * 2 * K * V + offs_k[:, None] * V + offs_v[None, :]
+    k_offset = i_b * N * H * K + i_h * K
+    y_base = y + i_b * N * H * V + i_h * V
+    s_ptr = state + i_bh * 2 * K * V + offs_k[:, None] * V + offs_v[None, :]
     mask_kv = mask_k[:, None] & mask_v[None, :]
-    s_cos = tl.load(state + s_ptr, mask=mask_kv, other=0.0)
-    s_sin = tl.load(state + s_ptr + K * V, mask=mask_kv, other=0.0)
-    ds_cos = tl.load(dstate + s_ptr, mask=mask_kv, other=0.0)
-    ds_sin = tl.load(dstate + s_ptr + K * V, mask=mask_kv, other=0.0)
-    m = tl.load(row_max + i_bh * K + offs_k, mask=mask_k, other=0.0)
-    log_l = tl.load(log_sum + i_bh * K + offs_k, mask=mask_k, other=0.0)
-    # Σ_n k̄[n, c] dk̄[n, c] = Σ_v (S ⊙ dS)[c, v] over both halves: the softmax's correction, computed once.
-    corr = tl.load(correction + i_bh * K + offs_k, mask=mask_k, other=0.0)
+    s_cos = tl.load(s_ptr, mask=mask_kv, other=0.0)  # [BK, BV]
+    s_sin = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_ANGLES:
+        s_sin = tl.load(s_ptr + K * V, mask=mask_kv, other=0.0)
+    m = tl.zeros([BK], dtype=tl.float32)
+    log_l = tl.zeros([BK], dtype=tl.float32)
+    corr = tl.zeros([BK], dtype=tl.float32)
+    if KEY_GRAD:
+        m = tl.load(row_max + i_bh * K + offs_k, mask=mask_k, other=0.0)
+        log_l = tl.load(log_sum + i_bh * K + offs_k, mask=mask_k, other=0.0)
+        # Σ_n k̄[n, c] dk̄[n, c] = Σ_v (S ⊙ dS)[c, v] over both halves: the softmax's correction, formed on the host.
+        corr = tl.load(correction + i_bh * K + offs_k, mask=mask_k, other=0.0)
     first = i_split * tokens_per_split
     end = tl.minimum(first + tokens_per_split, N)
-
-    # dq = do Sᵀ (rotated back), dv = k̃ dS, dk = k̄ ⊙ (dk̄ - corr) with dk̄ = v dSᵀ (rotated back).
     for start in range(first, end, BT):
         t = start + offs_t
         mask_t = t < end
-        b_k = load_rows(k + qk_offset, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
-        b_v = load_rows(v + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
-        b_do = load_rows(do + v_offset, t, offs_v, mask_t, mask_v, H * V, 0.0)
-        theta = tl.zeros([BT, BK], dtype=tl.float32)
+        b_y = load_rows(y_base, t, offs_v, mask_t, mask_v, H * V, 0.0)  # [BT, BV]
+        cos = tl.zeros([BT, BK], dtype=tl.float32)
+        sin = cos
         if USE_ANGLES:
-            theta = load_rows(angles, t, offs_k, mask_t, mask_k, K, 0.0)
-        k_bar = tl.exp((b_k - m[None, :]) - log_l[None, :])  # [BT, BK]
-        b_dq = apply_state_transposed(b_do, theta, s_cos, s_sin, USE_ANGLES, PRECISION)
-        b_dv = apply_state(k_bar, theta, ds_cos, ds_sin, USE_ANGLES, PRECISION)
-        dk_bar = apply_state_transposed(b_v, theta, ds_cos, ds_sin, USE_ANGLES, PRECISION)
-        store_rows(dq + qk_offset, t, offs_k, mask_t, mask_k, H * K, b_dq)
-        store_rows(dk + qk_offset, t, offs_k, mask_t, mask_k, H * K, k_bar * (dk_bar - corr[None, :]))
-        store_rows(dv + v_offset, t, offs_v, mask_t, mask_v, H * V, b_dv)
+            cos, sin = load_rotation(cos_sin, t, offs_k, mask_t, mask_k, N, K)
+        b_out = apply_state_transposed(b_y, cos, sin, s_cos, s_sin, USE_ANGLES, PRECISION)  # [BT, BK]
+        if KEY_GRAD:
+            b_k = load_rows(k + k_offset, t, offs_k, mask_t, mask_k, H * K, float("-inf"))
+            k_bar = tl.exp((b_k - m[None, :]) - log_l[None, :])  # 0 for padded tokens: their dk is exactly 0
+            b_out = k_bar * (b_out - corr[None, :])
+        store_rows(out + k_offset, t, offs_k, mask_t, mask_k, H * K, b_out)
 
 
 def _empty(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype) -> Tensor:
@@ -251,23 +249,39 @@ def _empty(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-def _block_sizes(n: int, k: int, v: int) -> tuple[int, int, int]:
-    # tl.dot needs every block dim >= 16; K and V are padded to a power of two and masked.
-    return (
-        max(16, min(64, triton.next_power_of_2(n))),
-        max(16, triton.next_power_of_2(k)),
-        max(16, triton.next_power_of_2(v)),
-    )
+def launch_config(kernel: str, dim_k: int, dim_v: int, dtype: torch.dtype) -> KernelConfig:
+    """Block sizes, warps and pipeline stages of one kernel ("state", "apply" or "apply_transposed") for head dims
+    K, V and input dtype.
+
+    Tokens go in blocks of 16, so that the fp32 products (`input_precision="ieee"`, done on CUDA cores, whose
+    per-thread operand slices grow with the token block) fit in registers; 8 warps share the state tiles, up to
+    `[64, 64]` (or the whole padded head dim where a product reduces over it, at most 128 × 64). The compile report
+    (`benchmarks/kernels_compile.py`, README.md) shows every choice free of spills on sm_80 and sm_90.
+    """
+    if kernel == "state":
+        # Both head dims cut into tiles: the softmax over tokens is per channel, the state has no reduction over K.
+        bk, bv = tile(dim_k, 64), tile(dim_v, 64)
+    elif kernel == "apply":
+        # x̃ S reduces over K: the whole (padded) K, V in tiles.
+        bk, bv = padded(dim_k), tile(dim_v, 64)
+    elif kernel == "apply_transposed":
+        # y Sᵀ reduces over V: the whole (padded) V, K in tiles; narrow ones for fp32, whose products on CUDA cores
+        # spill with K tiles of 32 against 128 value channels.
+        bk, bv = tile(dim_k, 16 if dtype == torch.float32 else 64), padded(dim_v)
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    return KernelConfig(bt=16, bk=bk, bv=bv, num_warps=8, num_stages=2)
 
 
-def token_splits(n: int, batch_heads: int, block: int, device: torch.device, num_splits: int | None) -> tuple[int, int]:
-    """`(tokens_per_split, splits)`: whole blocks per split, as many splits as asked (or enough to fill the GPU)."""
+def token_splits(n: int, programs: int, block: int, device: torch.device, num_splits: int | None) -> tuple[int, int]:
+    """`(tokens_per_split, splits)`: whole blocks per split, as many splits as asked, or (None) enough splits that
+    the `programs` per split and the splits together fill the GPU (1 off CUDA)."""
     blocks = triton.cdiv(max(n, 1), block)
     if num_splits is None:
         if device.type != "cuda":
             return blocks * block, 1
-        programs = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-        num_splits = min(triton.cdiv(programs, batch_heads), triton.cdiv(blocks, MIN_BLOCKS_PER_SPLIT))
+        target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        num_splits = min(triton.cdiv(target, programs), triton.cdiv(blocks, MIN_BLOCKS_PER_SPLIT))
     blocks_per_split = triton.cdiv(blocks, max(1, min(num_splits, blocks)))
     return blocks_per_split * block, triton.cdiv(blocks, blocks_per_split)
 
@@ -288,24 +302,121 @@ def merge_partial_states(part_max: Tensor, part_sum: Tensor, part_state: Tensor)
     return state, row_max, total.log()
 
 
+def rotary_pairs(state: Tensor) -> Tensor:
+    """The host map of rotary MD-LRPE on a cosine-form state `[.., 2, K, V]` of duplicated angles `[Θ, Θ]`.
+
+    With halves 1 = rows `[0, K/2)` and 2 = rows `[K/2, K)`: the rotary state is `S = [Sa; Sb]`,
+    `Sa = C_cos1 − C_sin2`, `Sb = C_sin1 + C_cos2`, and the result is `(T_cos, T_sin) = ([Sa; Sb], [Sb; −Sa])`, for
+    which the cosine-form product `[q cos Θ, q sin Θ] T` equals `rot(q) S`. The same map takes the gradient `dT`
+    that the kernels return for such a T to the gradient of C (README.md, "Triton kernels (non-causal)").
+    """
+    c_cos, c_sin = state.unbind(dim=-3)  # [.., K, V] each
+    cos1, cos2 = c_cos.chunk(2, dim=-2)
+    sin1, sin2 = c_sin.chunk(2, dim=-2)
+    s_a, s_b = cos1 - sin2, sin1 + cos2  # [.., K/2, V]
+    return torch.stack([torch.cat([s_a, s_b], dim=-2), torch.cat([s_b, -s_a], dim=-2)], dim=-3)
+
+
+def _launch_meta(dim_k: int, dim_v: int, heads: int, rotation: Tensor | None, dtype: torch.dtype) -> dict:
+    return dict(H=heads, K=dim_k, V=dim_v, USE_ANGLES=rotation is not None, PRECISION=dot_precision(dtype))
+
+
+def _grid(
+    n: int, batch_heads: int, tiles: int, config: KernelConfig, device: torch.device, num_splits: int | None
+) -> tuple[int, tuple[int, int, int]]:
+    # (tokens per split, grid): programs over (batch · head, split, head-dim tile).
+    tokens_per_split, splits = token_splits(n, batch_heads * tiles, config.bt, device, num_splits)
+    return tokens_per_split, (batch_heads, splits, tiles)
+
+
+def _state(x: Tensor, y: Tensor, rotation: Tensor | None, softmax: bool, num_splits: int | None):
+    # Partial states of all splits: (part_max, part_sum, part_state) `[BH, S, K]`, `[BH, S, K]`, `[BH, S, 2, K, V]`.
+    batch, n, heads, dim_k = x.shape
+    dim_v = y.shape[-1]
+    config = launch_config("state", dim_k, dim_v, y.dtype)
+    tiles = triton.cdiv(dim_k, config.bk) * triton.cdiv(dim_v, config.bv)
+    tokens_per_split, grid = _grid(n, batch * heads, tiles, config, x.device, num_splits)
+    splits = grid[1]
+    part_max = part_sum = None
+    if softmax:
+        part_max = _empty((batch * heads, splits, dim_k), x, torch.float32)
+        part_sum = _empty((batch * heads, splits, dim_k), x, torch.float32)
+    part_state = _empty((batch * heads, splits, 2, dim_k, dim_v), y, torch.float32)
+    _state_kernel[grid](
+        x,
+        y,
+        rotation,
+        part_max,
+        part_sum,
+        part_state,
+        n,
+        tokens_per_split,
+        SOFTMAX=softmax,
+        **_launch_meta(dim_k, dim_v, heads, rotation, y.dtype),
+        **config.launch_args(),
+    )
+    return part_max, part_sum, part_state
+
+
+def _apply(x, rotation, row_max, log_sum, state, out, softmax: bool, num_splits: int | None) -> Tensor:
+    # out = x̃ S ([B, N, H, V]); x is q, or the key logits (softmax) normalised with (row_max, log_sum).
+    batch, n, heads, dim_k = x.shape
+    dim_v = out.shape[-1]
+    config = launch_config("apply", dim_k, dim_v, out.dtype)
+    tokens_per_split, grid = _grid(n, batch * heads, triton.cdiv(dim_v, config.bv), config, x.device, num_splits)
+    _apply_kernel[grid](
+        x,
+        rotation,
+        row_max,
+        log_sum,
+        state,
+        out,
+        n,
+        tokens_per_split,
+        SOFTMAX=softmax,
+        **_launch_meta(dim_k, dim_v, heads, rotation, out.dtype),
+        **config.launch_args(),
+    )
+    return out
+
+
+def _apply_transposed(y, rotation, state, k, row_max, log_sum, correction, out, num_splits: int | None) -> Tensor:
+    # out = y Sᵀ folded back ([B, N, H, K]): dq, or dk when the key logits k (and the normaliser) are given.
+    batch, n, heads, dim_v = y.shape
+    dim_k = out.shape[-1]
+    config = launch_config("apply_transposed", dim_k, dim_v, y.dtype)
+    tokens_per_split, grid = _grid(n, batch * heads, triton.cdiv(dim_k, config.bk), config, y.device, num_splits)
+    _apply_transposed_kernel[grid](
+        y,
+        rotation,
+        state,
+        k,
+        row_max,
+        log_sum,
+        correction,
+        out,
+        n,
+        tokens_per_split,
+        KEY_GRAD=k is not None,
+        **_launch_meta(dim_k, dim_v, heads, rotation, y.dtype),
+        **config.launch_args(),
+    )
+    return out
+
+
 def additive_fwd(
-    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, num_splits: int | None = None
+    q: Tensor, k: Tensor, v: Tensor, rotation: Tensor | None, num_splits: int | None = None, rotary: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Output `[B, N, H, V]` (dtype of v), fp32 state `[B, H, 2, K, V]`, log-normaliser (max, log-sum) `[B, H, K]`."""
+    """Output `[B, N, H, V]` (dtype of v), fp32 state `[B, H, 2, K, V]`, log-normaliser (max, log-sum) `[B, H, K]`.
+
+    `rotation` is the `[2, N, K]` table of `check_triton_inputs`; `rotary` says it holds duplicated rotary angles.
+    The state returned is the cosine-form key state C, also with `rotary` (the backward maps it again).
+    """
     batch, n, heads, dim_k = k.shape
     dim_v = v.shape[-1]
-    bt, bk, bv = _block_sizes(n, dim_k, dim_v)
-    tokens_per_split, splits = token_splits(n, batch * heads, bt, k.device, num_splits)
-    part_max = _empty((batch * heads, splits, dim_k), k, torch.float32)
-    part_sum = _empty((batch * heads, splits, dim_k), k, torch.float32)
-    part_state = _empty((batch * heads, splits, 2, dim_k, dim_v), v, torch.float32)
-    meta = dict(H=heads, K=dim_k, V=dim_v, BT=bt, BK=bk, BV=bv, USE_ANGLES=angles is not None)
-    meta["PRECISION"] = dot_precision(v.dtype)
-    grid = (batch * heads, splits)
-    _partial_state_kernel[grid](k, v, angles, part_max, part_sum, part_state, n, tokens_per_split, **meta)
-    state, row_max, log_sum = merge_partial_states(part_max, part_sum, part_state)
-    o = _empty((batch, n, heads, dim_v), v, v.dtype)
-    _output_kernel[grid](q, angles, state, o, n, tokens_per_split, **meta)
+    state, row_max, log_sum = merge_partial_states(*_state(k, v, rotation, True, num_splits))  # [BH, 2, K, V]
+    used = rotary_pairs(state) if rotary else state
+    o = _apply(q, rotation, None, None, used, _empty((batch, n, heads, dim_v), v, v.dtype), False, num_splits)
     shape = (batch, heads, dim_k)
     return o, state.view(batch, heads, 2, dim_k, dim_v), row_max.view(shape), log_sum.view(shape)
 
@@ -314,77 +425,103 @@ def additive_bwd(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    angles: Tensor | None,
+    rotation: Tensor | None,
     do: Tensor,
     state: Tensor,
     row_max: Tensor,
     log_sum: Tensor,
     num_splits: int | None = None,
+    rotary: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients `(dq, dk, dv)` in the dtypes of q, k, v, from the state and normaliser saved by `additive_fwd`."""
     batch, n, heads, dim_k = k.shape
     dim_v = v.shape[-1]
-    bt, bk, bv = _block_sizes(n, dim_k, dim_v)
-    tokens_per_split, splits = token_splits(n, batch * heads, bt, k.device, num_splits)
-    meta = dict(H=heads, K=dim_k, V=dim_v, BT=bt, BK=bk, BV=bv, USE_ANGLES=angles is not None)
-    meta["PRECISION"] = dot_precision(v.dtype)
-    grid = (batch * heads, splits)
-    part_dstate = _empty((batch * heads, splits, 2, dim_k, dim_v), v, torch.float32)
-    _partial_dstate_kernel[grid](q, angles, do, part_dstate, n, tokens_per_split, **meta)
-    dstate = part_dstate.sum(dim=1)  # [BH, 2, K, V]
-    correction = (state.view_as(dstate) * dstate).sum(dim=(1, 3))  # [BH, K]
-    dq, dk, dv = _empty(q.shape, q, q.dtype), _empty(k.shape, k, k.dtype), _empty(v.shape, v, v.dtype)
-    _grads_kernel[grid](
-        q, k, v, angles, do, state, dstate, row_max, log_sum, correction, dq, dk, dv, n, tokens_per_split, **meta
-    )
+    state = state.view(batch * heads, 2, dim_k, dim_v)
+    dstate = _state(q, do, rotation, False, num_splits)[2].sum(dim=1)  # [BH, 2, K, V]: dS of the state used by o
+    used = state
+    if rotary:
+        # The output used T = rotary_pairs(C); the gradient of C is the same map of dT.
+        used, dstate = rotary_pairs(state), rotary_pairs(dstate)
+    correction = (state * dstate).sum(dim=(1, 3))  # [BH, K]
+    dq = _apply_transposed(do, rotation, used, None, None, None, None, _empty(q.shape, q, q.dtype), num_splits)
+    dk = _empty(k.shape, k, k.dtype)
+    dk = _apply_transposed(v, rotation, dstate, k, row_max, log_sum, correction, dk, num_splits)
+    dv = _apply(k, rotation, row_max, log_sum, dstate, _empty(v.shape, v, v.dtype), True, num_splits)
     return dq, dk, dv
 
 
 class AdditiveAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, num_splits: int | None) -> Tensor:
-        o, state, row_max, log_sum = additive_fwd(q, k, v, angles, num_splits)
-        ctx.save_for_backward(q, k, v, angles, state, row_max, log_sum)
-        ctx.num_splits = num_splits
+    def forward(
+        ctx, q: Tensor, k: Tensor, v: Tensor, rotation: Tensor | None, num_splits: int | None, rotary: bool
+    ) -> Tensor:
+        o, state, row_max, log_sum = additive_fwd(q, k, v, rotation, num_splits, rotary)
+        ctx.save_for_backward(q, k, v, rotation, state, row_max, log_sum)
+        ctx.num_splits, ctx.rotary = num_splits, rotary
         return o
 
     @staticmethod
-    def backward(ctx, do: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
-        q, k, v, angles, state, row_max, log_sum = ctx.saved_tensors
-        dq, dk, dv = additive_bwd(q, k, v, angles, do.contiguous(), state, row_max, log_sum, ctx.num_splits)
-        return dq, dk, dv, None, None
+    def backward(ctx, do: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
+        q, k, v, rotation, state, row_max, log_sum = ctx.saved_tensors
+        dq, dk, dv = additive_bwd(
+            q, k, v, rotation, do.contiguous(), state, row_max, log_sum, ctx.num_splits, ctx.rotary
+        )
+        return dq, dk, dv, None, None, None
 
 
-def check_triton_inputs(k: Tensor, v: Tensor, angles: Tensor | None) -> Tensor | None:
-    """Raises for what the kernels cannot do; returns the angles as the kernels read them (detached, contiguous)."""
+def check_triton_inputs(k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str = "cosine") -> Tensor | None:
+    """Raises for what the kernels cannot do; returns the angles as the kernels read them: the `[2, N, K]` fp32
+    table of `cos Θ` and `sin Θ` (no gradient), rotary angles `[N, K/2]` duplicated to `[Θ, Θ]` first."""
+    if lrpe not in LRPE_FORMS:
+        raise ValueError(f"lrpe must be one of {LRPE_FORMS}, got {lrpe!r}")
     if max(k.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         raise ValueError(
             f"the Triton additive attention supports head dims up to {MAX_HEAD_DIM}, got K={k.shape[-1]}, "
             f"V={v.shape[-1]}"
         )
-    if angles is not None and angles.requires_grad and torch.is_grad_enabled():
+    if angles is None:
+        return None
+    if angles.requires_grad and torch.is_grad_enabled():
         raise NotImplementedError("the Triton additive attention has no gradient for angles; use impl='torch'")
-    return None if angles is None else angles.detach().contiguous()
+    n, dim_k = k.shape[1], k.shape[-1]
+    if lrpe == "none":
+        raise ValueError("lrpe='none' takes no angles")
+    if lrpe == "rotary":
+        if dim_k % 2 or angles.shape != (n, dim_k // 2):
+            raise ValueError(f"rotary angles must be [N, K/2] with K even; got {list(angles.shape)} for K={dim_k}")
+        angles = torch.cat([angles, angles], dim=-1)
+    elif angles.shape != (n, dim_k):
+        raise ValueError(f"angles must be [N, K] = {[n, dim_k]}, got {list(angles.shape)}")
+    return rotation_table(angles)
 
 
 def noncausal_additive_attention(
-    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None = None, num_splits: int | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    angles: Tensor | None = None,
+    lrpe: str = "cosine",
+    num_splits: int | None = None,
 ) -> Tensor:
     """Non-causal additive attention `o = q̃ (k̃ᵀ v)` with `k̄ = softmax_N(k)` per channel, in fused Triton kernels.
 
     Every sum, the log-normaliser and the state are fp32 whatever the input dtype (fp32, bf16 or fp16); key logits
-    of ±1e4 stay finite. With `angles`, q and k̄ are rotated to `[x cos Θ, x sin Θ]` inside the kernels. The layers
-    reach this through `additive_attention(..., impl="auto" | "triton")`, which also checks the shapes.
+    of ±1e4 stay finite. With `angles`, q and k̄ are rotated inside the kernels. The layers reach this through
+    `additive_attention(..., impl="auto" | "triton")`, which also checks the shapes.
 
     Args:
         q: Activated queries `[B, N, H, K]`.
         k: Raw key logits `[B, N, H, K]`; `-inf` marks a padded token.
         v: Values `[B, N, H, V]`.
-        angles: MD-LRPE angles `[N, K]`, fixed: no gradient flows to them.
+        angles: MD-LRPE angles, fixed: no gradient flows to them.
+        lrpe: "cosine", the paper's `[x cos Θ, x sin Θ]` with angles `[N, K]`; "rotary", channel pairs
+            `(c, c + K/2)` turned by angles `[N, K/2]`; "none" (no angles).
         num_splits: Programs per (batch, head) along the tokens; None picks enough to fill the GPU (1 off CUDA).
 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
     """
-    angles = check_triton_inputs(k, v, angles)
-    return AdditiveAttentionFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), angles, num_splits)
+    rotation = check_triton_inputs(k, v, angles, lrpe)
+    rotary = lrpe == "rotary" and angles is not None
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return AdditiveAttentionFunction.apply(q, k, v, rotation, num_splits, rotary)
