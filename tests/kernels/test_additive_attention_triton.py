@@ -4,6 +4,7 @@ Without a GPU the kernels run through Triton's interpreter (`TRITON_INTERPRET=1`
 """
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ triton = pytest.importorskip(
 from test_additive_attention import RATIO, assert_close, make_inputs, rmse  # noqa: E402
 
 from lightnet_vision.kernels import additive_attention  # noqa: E402
+from lightnet_vision.kernels.additive import pytorch as additive_pytorch  # noqa: E402
 from lightnet_vision.kernels.additive import triton_causal, triton_noncausal  # noqa: E402
 from lightnet_vision.kernels.additive.naive import naive_additive_attention, rotate_pairs  # noqa: E402
 
@@ -335,3 +337,118 @@ def test_auto_uses_triton_on_cuda(monkeypatch):
     additive_attention(q.double(), key.double(), value.double())
     additive_attention(q, key, value, causal=True)
     assert len(calls) == 2
+
+
+@pytest.fixture
+def auto_takes_triton(monkeypatch):
+    """impl="auto" sends these test tensors to the Triton kernels (on CPU: through the interpreter), with a clean
+    record of failed shape classes."""
+    monkeypatch.setattr(additive_pytorch, "_triton_supports", lambda *args: True)
+    monkeypatch.setattr(additive_pytorch, "_TRITON_FAILED", set())
+
+
+def out_of_resources(*args, **kwargs):
+    raise RuntimeError("out of resource: shared memory, Required: 425984, Hardware limit: 232448")
+
+
+@pytest.mark.parametrize("lrpe", ["cosine", "rotary"])
+def test_second_derivatives_through_the_triton_path(lrpe):
+    # A gradient penalty (create_graph=True) through impl="triton" equals the PyTorch path's: the backward of the
+    # kernels is differentiated through the PyTorch path rather than returning a wrong number.
+    q, key, value = (x.detach().to(DEVICE) for x in make_inputs(2, 40, 2, 8, 8, torch.float32))
+    angles = (torch.rand(40, 8 if lrpe == "cosine" else 4) * 6.3).to(DEVICE)
+    results = []
+    for impl in ("triton", "torch"):
+        inputs = [x.clone().requires_grad_() for x in (q, key, value)]
+        out = additive_attention(*inputs, angles=angles, lrpe=lrpe, impl=impl)
+        (grad_q,) = torch.autograd.grad(out.square().sum(), inputs[0], create_graph=True)
+        results.append(torch.autograd.grad(grad_q.square().sum(), inputs))
+    for name, triton_grad, torch_grad in zip(["dq", "dk", "dv"], *results, strict=True):
+        assert_close(name, torch_grad, triton_grad, 1e-4)
+
+
+def test_auto_falls_back_when_the_forward_kernels_fail(monkeypatch, auto_takes_triton):
+    monkeypatch.setattr(triton_noncausal, "additive_fwd", out_of_resources)
+    q, key, value = (x.detach() for x in make_inputs(1, 9, 2, 4, 3, torch.float32))
+    with pytest.warns(RuntimeWarning, match=r"K=4, V=3.*out of resource"):
+        out = additive_attention(q, key, value)
+    assert_close("o", naive_additive_attention(q, key, value), out, 1e-5)
+
+    # The failed shape class is not tried again (no second warning), and impl="triton" still raises.
+    calls = []
+    monkeypatch.setattr(triton_noncausal, "additive_fwd", lambda *args, **kwargs: calls.append(args) or 1 / 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        additive_attention(q, key, value)
+    assert calls == []
+    with pytest.raises(ZeroDivisionError):
+        additive_attention(q, key, value, impl="triton")
+
+
+def test_auto_falls_back_when_the_backward_kernels_fail(monkeypatch, auto_takes_triton):
+    monkeypatch.setattr(triton_noncausal, "additive_bwd", out_of_resources)
+    q, key, value = make_inputs(2, 20, 2, 8, 4, torch.float32)
+    angles = torch.rand(20, 4) * 6.3
+    do = torch.randn(2, 20, 2, 4)
+    with pytest.warns(RuntimeWarning, match="out of resource"):
+        additive_attention(q, key, value, angles=angles, lrpe="rotary").backward(do)
+    reference = [x.detach().requires_grad_() for x in (q, key, value)]
+    naive_additive_attention(*reference, angles=angles, lrpe="rotary").backward(do)
+    for name, x, ref in zip(["dq", "dk", "dv"], (q, key, value), reference, strict=True):
+        assert_close(name, ref.grad, x.grad, 1e-5)
+
+
+@pytest.mark.slow
+def test_a_fit_goes_on_when_the_kernels_fail(monkeypatch, auto_takes_triton):
+    # A few optimiser steps of a tiny classifier whose Triton kernels fail to launch give the same losses as the
+    # PyTorch path.
+    from lightnet_vision.models import LightNet
+
+    def losses(impl_fails: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = LightNet(patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=1, num_heads=2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        images, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+        values = []
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            values.append(loss.item())
+        return values
+
+    with monkeypatch.context() as patch:
+        patch.setattr(additive_pytorch, "_triton_supports", lambda *args: False)
+        expected = losses(impl_fails=False)
+    monkeypatch.setattr(triton_noncausal, "additive_fwd", out_of_resources)
+    with pytest.warns(RuntimeWarning, match="out of resource"):
+        assert losses(impl_fails=True) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_model_on_the_triton_op_has_one_graph(auto_takes_triton):
+    # The Triton path is one torch.library op to torch.compile: fullgraph=True traces a model that uses it, and the
+    # compiled forward and backward equal the eager ones.
+    from lightnet_vision.models import LightNet
+
+    torch.manual_seed(0)
+    model = LightNet(patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=1, num_heads=2)
+    images = torch.randn(2, 1, 8, 12)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    eager_out = model(images)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(model.parameters()))
+    out = compiled(images)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    assert_close("logits", eager_out, out, 1e-5)
+    for grad, eager_grad in zip(grads, eager_grads, strict=True):
+        assert_close("grad", eager_grad, grad, 1e-4)
+
+
+def test_causal_kernels_refuse_second_derivatives():
+    q, key, value = (x.detach().to(DEVICE).requires_grad_() for x in make_inputs(1, 20, 1, 4, 4, torch.float32))
+    out = additive_attention(q, key, value, causal=True, impl="triton")
+    (grad_q,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_q.sum().backward()

@@ -1,6 +1,7 @@
 """Additive attention of LightNet (arXiv 2405.21022) in plain PyTorch: linear in N, no N×N matrix, fp32 normaliser."""
 
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -18,6 +19,32 @@ def _triton_imports() -> bool:
     except ImportError:
         return False
     return True
+
+
+# Shape classes (device, dtype, K, V, MD-LRPE form) whose Triton kernels failed to compile or launch in this process:
+# impl="auto" keeps them on the PyTorch path from then on.
+_TRITON_FAILED: set[tuple] = set()
+
+
+def _shape_class(q: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> tuple:
+    return (str(q.device), q.dtype, q.shape[-1], v.shape[-1], "none" if angles is None else lrpe)
+
+
+def report_triton_failure(error: Exception, q: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> None:
+    """Records that the Triton kernels failed for this shape class and warns once, naming the class and the error."""
+    key = _shape_class(q, v, angles, lrpe)
+    if key in _TRITON_FAILED:
+        return
+    _TRITON_FAILED.add(key)
+    device, dtype, dim_k, dim_v, form = key
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    warnings.warn(
+        f"additive_attention: the Triton kernels failed for {dtype} on {device} with K={dim_k}, V={dim_v}, "
+        f"lrpe={form} ({type(error).__name__}: {message}); impl='auto' uses the PyTorch path for these shapes from "
+        "now on (impl='triton' raises instead)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, causal: bool, lrpe: str) -> bool:
@@ -206,7 +233,8 @@ def additive_attention(
         impl: `"torch"` for this PyTorch code, `"triton"` for the fused kernels of `triton_noncausal.py` and
             `triton_causal.py` (no gradient for `angles`; `chunk_size` is fixed there), `"auto"` for Triton where
             the tensors are on CUDA, Triton imports and the case is supported (non-causal, fp32/bf16/fp16, K and V
-            up to 128, fixed angles), else PyTorch.
+            up to 128, fixed angles), else PyTorch. With "auto", a Triton compile or launch error (forward or
+            backward) warns once, naming the shapes and the error, and those shapes use PyTorch from then on.
 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
@@ -219,7 +247,7 @@ def additive_attention(
     _check_angles(q, angles, lrpe)
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-    if impl == "triton" or (impl == "auto" and _triton_supports(q, k, v, angles, causal, lrpe)):
+    if impl == "triton":
         if causal:
             from lightnet_vision.kernels.additive.triton_causal import causal_additive_attention
 
@@ -227,6 +255,16 @@ def additive_attention(
         from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
 
         return noncausal_additive_attention(q, k, v, angles, lrpe)
+    if impl == "auto" and _triton_supports(q, k, v, angles, causal, lrpe):
+        from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
+
+        if torch.compiler.is_compiling():  # one opaque op in the graph; failures surface when it is compiled
+            return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True)
+        if _shape_class(q, v, angles, lrpe) not in _TRITON_FAILED:
+            try:
+                return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True)
+            except Exception as error:  # out of resources, a compilation error, no CUDA toolchain: never kill a fit
+                report_triton_failure(error, q, v, angles, lrpe)
     out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lightnet_vision.kernels.additive.triton_blocks import (
     KernelConfig,
@@ -434,6 +435,7 @@ class CausalAdditiveAttentionFunction(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable  # second derivatives raise a clear error instead of coming out wrong; impl="torch" has them
     def backward(ctx, do: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         q, k, v, rotation, z_max, z_log = ctx.saved_tensors
         dq, dk, dv = causal_bwd(q, k, v, rotation, do.contiguous(), z_max, z_log)

@@ -450,23 +450,89 @@ def additive_bwd(
     return dq, dk, dv
 
 
-class AdditiveAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, q: Tensor, k: Tensor, v: Tensor, rotation: Tensor | None, num_splits: int | None, rotary: bool
-    ) -> Tensor:
-        o, state, row_max, log_sum = additive_fwd(q, k, v, rotation, num_splits, rotary)
-        ctx.save_for_backward(q, k, v, rotation, state, row_max, log_sum)
-        ctx.num_splits, ctx.rotary = num_splits, rotary
-        return o
+# The op is registered with torch.library, so that torch.compile sees one opaque operator (no graph break, its own
+# shapes from the fake implementations) and eager mode runs the kernels as they are.
+@torch.library.custom_op("lightnet_vision::additive_noncausal_forward", mutates_args=())
+def _forward_op(
+    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, num_splits: int | None, fallback: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    rotation = check_triton_inputs(k, v, angles, lrpe)
+    return additive_fwd(q, k, v, rotation, num_splits, rotary=lrpe == "rotary" and angles is not None)
 
-    @staticmethod
-    def backward(ctx, do: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
-        q, k, v, rotation, state, row_max, log_sum = ctx.saved_tensors
-        dq, dk, dv = additive_bwd(
-            q, k, v, rotation, do.contiguous(), state, row_max, log_sum, ctx.num_splits, ctx.rotary
-        )
-        return dq, dk, dv, None, None, None
+
+@_forward_op.register_fake
+def _(q, k, v, angles, lrpe, num_splits, fallback):
+    batch, n, heads, dim_k = k.shape
+    dim_v = v.shape[-1]
+    state = k.new_empty((batch, heads, 2, dim_k, dim_v), dtype=torch.float32)
+    normaliser = k.new_empty((batch, heads, dim_k), dtype=torch.float32)
+    return v.new_empty((batch, n, heads, dim_v)), state, normaliser, torch.empty_like(normaliser)
+
+
+@torch.library.custom_op("lightnet_vision::additive_noncausal_backward", mutates_args=())
+def _backward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    angles: Tensor | None,
+    lrpe: str,
+    num_splits: int | None,
+    do: Tensor,
+    state: Tensor,
+    row_max: Tensor,
+    log_sum: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    rotation = check_triton_inputs(k, v, angles, lrpe)
+    rotary = lrpe == "rotary" and angles is not None
+    return additive_bwd(q, k, v, rotation, do, state, row_max, log_sum, num_splits, rotary)
+
+
+@_backward_op.register_fake
+def _(q, k, v, angles, lrpe, num_splits, do, state, row_max, log_sum):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    q, k, v, angles, lrpe, num_splits, fallback = inputs
+    _, state, row_max, log_sum = output
+    ctx.save_for_backward(q, k, v, angles, state, row_max, log_sum)
+    ctx.lrpe, ctx.num_splits, ctx.fallback = lrpe, num_splits, fallback
+
+
+def _backward(ctx, do: Tensor, *unused: Tensor) -> tuple:
+    q, k, v, angles, state, row_max, log_sum = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # Differentiating the backward (create_graph=True): the kernels' backward has no derivative of its own, so
+        # the gradients come from the PyTorch path, whose backward is made of differentiable ops.
+        return (*_reference_gradients(ctx, q, k, v, angles, do, create_graph=True), None, None, None, None)
+    try:
+        grads = _backward_op(q, k, v, angles, ctx.lrpe, ctx.num_splits, do.contiguous(), state, row_max, log_sum)
+    except Exception as error:  # a compile or launch failure of the backward kernels
+        if not ctx.fallback:
+            raise
+        from lightnet_vision.kernels.additive.pytorch import report_triton_failure
+
+        report_triton_failure(error, q, v, angles, ctx.lrpe)
+        grads = _reference_gradients(ctx, q, k, v, angles, do, create_graph=False)
+    return (*grads, None, None, None, None)
+
+
+def _reference_gradients(ctx, q, k, v, angles, do, create_graph: bool) -> tuple[Tensor | None, ...]:
+    # (dq, dk, dv) of the PyTorch path at the saved inputs; with create_graph the inputs are used as they are, so the
+    # graph of these gradients reaches them.
+    from lightnet_vision.kernels.additive.pytorch import additive_attention
+
+    needed = ctx.needs_input_grad[:3]
+    with torch.enable_grad():
+        pairs = list(zip((q, k, v), needed, strict=True))
+        inputs = [x if create_graph else x.detach().requires_grad_(need) for x, need in pairs]
+        out = additive_attention(*inputs, angles=angles, lrpe=ctx.lrpe, impl="torch")
+        wanted = [x for x, (_, need) in zip(inputs, pairs, strict=True) if need]
+        grads = iter(torch.autograd.grad(out, wanted, do, create_graph=create_graph))
+    return tuple(next(grads) if need else None for need in needed)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_triton_inputs(k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str = "cosine") -> Tensor | None:
@@ -502,6 +568,7 @@ def noncausal_additive_attention(
     angles: Tensor | None = None,
     lrpe: str = "cosine",
     num_splits: int | None = None,
+    fallback: bool = False,
 ) -> Tensor:
     """Non-causal additive attention `o = q̃ (k̃ᵀ v)` with `k̄ = softmax_N(k)` per channel, in fused Triton kernels.
 
@@ -517,11 +584,15 @@ def noncausal_additive_attention(
         lrpe: "cosine", the paper's `[x cos Θ, x sin Θ]` with angles `[N, K]`; "rotary", channel pairs
             `(c, c + K/2)` turned by angles `[N, K/2]`; "none" (no angles).
         num_splits: Programs per (batch, head) along the tokens; None picks enough to fill the GPU (1 off CUDA).
+        fallback: When the backward kernels fail to compile or launch, warn once and take the gradients from the
+            PyTorch path instead of raising (what `impl="auto"` asks for).
+
+    Second derivatives (`create_graph=True`) come from the PyTorch path, whose backward is differentiable.
 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
     """
-    rotation = check_triton_inputs(k, v, angles, lrpe)
-    rotary = lrpe == "rotary" and angles is not None
+    check_triton_inputs(k, v, angles, lrpe)  # clear errors before the op is entered
+    angles = None if angles is None else angles.detach()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return AdditiveAttentionFunction.apply(q, k, v, rotation, num_splits, rotary)
+    return _forward_op(q, k, v, angles, lrpe, num_splits, fallback)[0]
