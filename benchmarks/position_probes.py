@@ -107,8 +107,9 @@ PROBES: dict[str, tuple[Sampler, int, tuple[int, int]]] = {
 }
 
 
-def tiny_lightnet(num_classes: int, lrpe: str, tpe: str) -> LightNet:
-    """The probe-sized LightNet: width 32, 2 heads, 2 blocks, patch 4, one input channel."""
+def tiny_lightnet(num_classes: int, **encodings: str) -> LightNet:
+    """The probe-sized LightNet: width 32, 2 heads, 2 blocks, patch 4, one input channel; `lrpe` and `tpe` as given
+    (else the classifier's defaults)."""
     return LightNet(
         img_size=16,
         patch_size=4,
@@ -117,8 +118,7 @@ def tiny_lightnet(num_classes: int, lrpe: str, tpe: str) -> LightNet:
         embed_dim=32,
         depth=2,
         num_heads=2,
-        lrpe=lrpe,
-        tpe=tpe,
+        **encodings,
     )
 
 
@@ -177,7 +177,7 @@ def main() -> None:
         scores = []
         for seed in args.seeds:
             torch.manual_seed(seed)
-            model = tiny_vit(num_classes, size) if lrpe is None else tiny_lightnet(num_classes, lrpe, tpe)
+            model = tiny_vit(num_classes, size) if lrpe is None else tiny_lightnet(num_classes, lrpe=lrpe, tpe=tpe)
             scores.append(train_probe(model, sampler, args.steps, seed))
         rows.append({"model": name, "probe": probe, "mean": sum(scores) / len(scores), "scores": scores})
         print(f"{name:34} {probe:16} {rows[-1]['mean']:.1%}  ({' '.join(f'{s:.1%}' for s in scores)})", flush=True)

@@ -64,5 +64,5 @@ def test_default_classifier_learns_which_quadrant_is_bright():
     # A position-only task: the same noise and brightness whatever the label, only the place differs. The paper's
     # encodings stay at chance (25%) here; see benchmarks/position_probes.py for every encoding and a ViT.
     torch.manual_seed(0)
-    accuracy = train_probe(tiny_lightnet(4, lrpe="rotary", tpe="symmetric"), bright_quadrant, steps=120, seed=0)
+    accuracy = train_probe(tiny_lightnet(4), bright_quadrant, steps=120, seed=0)
     assert accuracy > 0.8
