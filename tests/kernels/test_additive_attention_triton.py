@@ -49,16 +49,18 @@ def run_triton_and_naive(q, k, v, angles=None, do=None, causal=False):
     return (out, q.grad, k.grad, v.grad), (ref, *(x.grad for x in ref_inputs))
 
 
-def key_gradient_floor(ratio: float, q, v, do) -> float:
+def key_gradient_floor(ratio: float, q, k, v, do) -> float:
     """An absolute floor for the error of dk, on the scale of the terms it is the difference of.
 
-    `dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄)` with `dk̄ = v (q̃ᵀ do)ᵀ`, of typical size rms(v) rms(q) rms(do) √(N V); the rounding
-    of bf16/TF32 products is relative to that, not to dk. With one token the exact dk is 0 (a softmax over one token
-    has no gradient) and the kernels leave ~1e-4 of that scale: a floor of `ratio` times it still fails on a wrong
-    correction term, whose error is of the order of the scale itself.
+    `dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄)` with `dk̄ = v (q̃ᵀ do)ᵀ` of typical size rms(v) rms(q) rms(do) √(N V), so the terms
+    are of size rms(k̄) times that; the rounding of bf16/TF32 products is relative to them, not to dk. With one token
+    the exact dk is 0 (a softmax over one token has no gradient) and the kernels leave ~1e-4 of that scale: a floor
+    of `ratio` times it still fails on a wrong correction term, or on dk = 0 with more tokens, whose errors are of
+    the order of the scale itself.
     """
     n, dim_v = v.shape[1], v.shape[-1]
-    return ratio * rmse(q) * rmse(v) * rmse(do) * (n * dim_v) ** 0.5
+    k_bar = k.detach().float().softmax(dim=1)
+    return ratio * rmse(k_bar) * rmse(q) * rmse(v) * rmse(do) * (n * dim_v) ** 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -72,7 +74,7 @@ def test_matches_naive(causal, b, n, h, k, v, use_angles, dtype):
     do = torch.randn(b, n, h, v).to(dtype)
     outs, refs = run_triton_and_naive(q, key, value, angles, do=do, causal=causal)
     assert outs[0].shape == (b, n, h, v) and outs[0].dtype == dtype
-    floors = {"dk": key_gradient_floor(RATIO[dtype], q, value, do)}
+    floors = {"dk": key_gradient_floor(RATIO[dtype], q, key, value, do)}
     for name, ref, out, x in zip(["o", "dq", "dk", "dv"], refs, outs, (value, q, key, value), strict=True):
         assert out.dtype == x.dtype, f"{name} has dtype {out.dtype}"
         assert_close(name, ref, out, RATIO[dtype], atol=floors.get(name, 1e-6))
@@ -199,7 +201,7 @@ def test_rotary_matches_naive(n, dim_k, dim_v, num_splits, dtype):
     angles = torch.rand(n, dim_k // 2) * 6.3
     do = torch.randn(2, n, 2, dim_v).to(dtype)
     outs, refs = run_split_and_naive(q, key, value, angles, num_splits, lrpe="rotary", do=do)
-    floors = {"dk": key_gradient_floor(RATIO[dtype], q, value, do)}
+    floors = {"dk": key_gradient_floor(RATIO[dtype], q, key, value, do)}
     for name, ref, out in zip(["o", "dq", "dk", "dv"], refs, outs, strict=True):
         assert_close(name, ref, out, RATIO[dtype], atol=floors.get(name, 1e-6))
     if n > 1:  # with one token every offset is 0, where both forms agree
@@ -452,3 +454,42 @@ def test_causal_kernels_refuse_second_derivatives():
     (grad_q,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_q.sum().backward()
+
+
+@pytest.mark.slow
+def test_compiled_graph_falls_back_when_the_kernels_fail(monkeypatch, auto_takes_triton):
+    # The fallback is decided inside the op at run time, so a compiled graph (the GPU configs compile) goes on too.
+    monkeypatch.setattr(triton_noncausal, "additive_fwd", out_of_resources)
+    monkeypatch.setattr(triton_noncausal, "additive_bwd", out_of_resources)
+    q, key, value = make_inputs(1, 12, 2, 8, 4, torch.float32)
+    angles = torch.rand(12, 4) * 6.3
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: additive_attention(q, k, v, angles=angles, lrpe="rotary"), fullgraph=True)
+    with pytest.warns(RuntimeWarning, match="out of resource"):
+        out = compiled(q, key, value)
+        out.backward(torch.ones_like(out))
+    reference = [x.detach().requires_grad_() for x in (q, key, value)]
+    expected = naive_additive_attention(*reference, angles=angles, lrpe="rotary")
+    expected.backward(torch.ones_like(expected))
+    assert_close("o", expected, out, 1e-5)
+    for name, x, ref in zip(["dq", "dk", "dv"], (q, key, value), reference, strict=True):
+        assert_close(name, ref.grad, x.grad, 1e-5)
+
+
+def test_out_of_memory_is_not_taken_for_a_kernel_failure(monkeypatch, auto_takes_triton):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(triton_noncausal, "additive_fwd", out_of_memory)
+    q, key, value = (x.detach() for x in make_inputs(1, 9, 2, 4, 3, torch.float32))
+    with pytest.raises(torch.OutOfMemoryError):
+        additive_attention(q, key, value)
+    assert not additive_pytorch._TRITON_FAILED
+
+
+@pytest.mark.parametrize("lrpe", ["cosine", "rotary", "none"])
+def test_custom_ops_pass_torch_library_checks(lrpe):
+    # Schema, fake (meta) shapes and strides, autograd registration and AOT dispatch of the registered op.
+    q, key, value = (x.detach().to(DEVICE).requires_grad_() for x in make_inputs(2, 20, 2, 8, 4, torch.float32))
+    angles = None if lrpe == "none" else (torch.rand(20, 8 if lrpe == "cosine" else 4) * 6.3).to(DEVICE)
+    torch.library.opcheck(triton_noncausal._forward_op, (q, key, value, angles, lrpe, None, False))

@@ -30,8 +30,16 @@ def _shape_class(q: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> tupl
     return (str(q.device), q.dtype, q.shape[-1], v.shape[-1], "none" if angles is None else lrpe)
 
 
+def triton_failed(q: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> bool:
+    """Whether the Triton kernels of this shape class have failed in this process."""
+    return _shape_class(q, v, angles, lrpe) in _TRITON_FAILED
+
+
 def report_triton_failure(error: Exception, q: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> None:
-    """Records that the Triton kernels failed for this shape class and warns once, naming the class and the error."""
+    """Records that the Triton kernels failed for this shape class and warns once, naming the class and the error.
+    Out of memory is not a kernel failure: it is raised again, as the PyTorch path would need more memory still."""
+    if isinstance(error, torch.OutOfMemoryError):
+        raise error
     key = _shape_class(q, v, angles, lrpe)
     if key in _TRITON_FAILED:
         return
@@ -48,9 +56,9 @@ def report_triton_failure(error: Exception, q: Tensor, v: Tensor, angles: Tensor
 
 
 def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, causal: bool, lrpe: str) -> bool:
-    # The cases impl="auto" sends to Triton: CUDA tensors, fp32 or narrower, head dims that fit one program.
-    # The causal kernel is checked only under Triton's interpreter so far; until a GPU run has validated it (its
-    # [16, 16, K] intra-chunk block may spill registers), "auto" keeps causal calls on PyTorch.
+    # The cases impl="auto" sends to Triton: non-causal calls on CUDA tensors, fp32 or narrower, head dims up to
+    # 128. The causal kernels pass their CUDA tests but have not been timed on a GPU; "auto" keeps causal calls on
+    # PyTorch until they are.
     if causal or not q.is_cuda or not _triton_imports():
         return False
     if any(x.dtype not in _TRITON_DTYPES for x in (q, k, v)) or max(k.shape[-1], v.shape[-1]) > 128:
@@ -108,29 +116,48 @@ class _NonCausal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, None]:
         q, k, v, angles, state, log_norm = ctx.saved_tensors
-        lrpe = ctx.lrpe
-        cos, sin = _cos_sin(angles)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, N, ·]
         if torch.is_grad_enabled():
             # Differentiating this backward (create_graph=True): the saved state was built without a graph, so it
-            # is rebuilt from k and v here for the second derivative to reach them.
-            log_norm, state = _key_state(k, v, cos, sin, lrpe)
-        grad_out = grad_out.transpose(1, 2)  # [B, H, N, V]
-        k_bar = torch.exp(k - log_norm)
-        encoded_q = encode(q, cos, sin, lrpe)  # [B, H, N, K']
-        grad_state = encoded_q.transpose(2, 3) @ grad_out  # [B, H, K', V]
-        grad_q_encoded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
-        grad_k_encoded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the encoded k̄
-        grad_v = encode(k_bar, cos, sin, lrpe) @ grad_state  # [B, H, N, V]
-        # Through the softmax over tokens, per channel: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄).
-        grad_k_bar = encode_adjoint(grad_k_encoded, cos, sin, lrpe)  # [B, H, N, K]
-        grad_k = k_bar * (grad_k_bar - (k_bar * grad_k_bar).sum(dim=2, keepdim=True))
-        grad_angles = None
-        if ctx.needs_input_grad[3]:
-            grad_angles = _angle_grad(grad_q_encoded, q, cos, sin, lrpe)
-            grad_angles = grad_angles + _angle_grad(grad_k_encoded, k_bar, cos, sin, lrpe)
-        grad_q = encode_adjoint(grad_q_encoded, cos, sin, lrpe)
-        return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), grad_angles, None
+            # is rebuilt from k and v for the second derivative to reach them.
+            state = log_norm = None
+        grads = noncausal_gradients(q, k, v, angles, ctx.lrpe, grad_out, ctx.needs_input_grad[3], state, log_norm)
+        return (*grads, None)
+
+
+def noncausal_gradients(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    angles: Tensor | None,
+    lrpe: str,
+    grad_out: Tensor,
+    angle_grad: bool = False,
+    state: Tensor | None = None,
+    log_norm: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """`(dq, dk, dv, dΘ)` of the non-causal op for inputs `[B, N, H, ·]` (dΘ only with `angle_grad`), from the
+    head-major state `[B, H, K', V]` and log-normaliser `[B, H, 1, K]` of the forward, or rebuilt from k and v when
+    not given. Computed in the inputs' dtype; the Triton op falls back on it when its backward kernels fail."""
+    cos, sin = _cos_sin(angles)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, N, ·]
+    if state is None or log_norm is None:
+        log_norm, state = _key_state(k, v, cos, sin, lrpe)
+    grad_out = grad_out.transpose(1, 2)  # [B, H, N, V]
+    k_bar = torch.exp(k - log_norm)
+    encoded_q = encode(q, cos, sin, lrpe)  # [B, H, N, K']
+    grad_state = encoded_q.transpose(2, 3) @ grad_out  # [B, H, K', V]
+    grad_q_encoded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
+    grad_k_encoded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the encoded k̄
+    grad_v = encode(k_bar, cos, sin, lrpe) @ grad_state  # [B, H, N, V]
+    # Through the softmax over tokens, per channel: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄).
+    grad_k_bar = encode_adjoint(grad_k_encoded, cos, sin, lrpe)  # [B, H, N, K]
+    grad_k = k_bar * (grad_k_bar - (k_bar * grad_k_bar).sum(dim=2, keepdim=True))
+    grad_angles = None
+    if angle_grad:
+        grad_angles = _angle_grad(grad_q_encoded, q, cos, sin, lrpe)
+        grad_angles = grad_angles + _angle_grad(grad_k_encoded, k_bar, cos, sin, lrpe)
+    grad_q = encode_adjoint(grad_q_encoded, cos, sin, lrpe)
+    return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), grad_angles
 
 
 def _cos_sin(angles: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -258,13 +285,9 @@ def additive_attention(
     if impl == "auto" and _triton_supports(q, k, v, angles, causal, lrpe):
         from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
 
-        if torch.compiler.is_compiling():  # one opaque op in the graph; failures surface when it is compiled
-            return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True)
-        if _shape_class(q, v, angles, lrpe) not in _TRITON_FAILED:
-            try:
-                return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True)
-            except Exception as error:  # out of resources, a compilation error, no CUDA toolchain: never kill a fit
-                report_triton_failure(error, q, v, angles, lrpe)
+        # With fallback=True the op itself runs PyTorch for shape classes whose kernels failed, at run time, so
+        # that this also holds inside a compiled graph.
+        return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True)
     out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)

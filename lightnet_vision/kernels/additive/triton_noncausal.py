@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lightnet_vision.kernels.additive.pytorch import report_triton_failure, triton_failed
 from lightnet_vision.kernels.additive.triton_blocks import (
     KernelConfig,
     accumulate_state,
@@ -456,8 +457,16 @@ def additive_bwd(
 def _forward_op(
     q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, num_splits: int | None, fallback: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    rotation = check_triton_inputs(k, v, angles, lrpe)
-    return additive_fwd(q, k, v, rotation, num_splits, rotary=lrpe == "rotary" and angles is not None)
+    if fallback and triton_failed(q, v, angles, lrpe):
+        return _reference_forward(q, k, v, angles, lrpe)
+    try:
+        rotation = check_triton_inputs(k, v, angles, lrpe)
+        return additive_fwd(q, k, v, rotation, num_splits, rotary=lrpe == "rotary" and angles is not None)
+    except Exception as error:  # out of resources, a compilation error, no CUDA toolchain
+        if not fallback:
+            raise
+        report_triton_failure(error, q, v, angles, lrpe)
+        return _reference_forward(q, k, v, angles, lrpe)
 
 
 @_forward_op.register_fake
@@ -477,19 +486,54 @@ def _backward_op(
     angles: Tensor | None,
     lrpe: str,
     num_splits: int | None,
+    fallback: bool,
     do: Tensor,
     state: Tensor,
     row_max: Tensor,
     log_sum: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    rotation = check_triton_inputs(k, v, angles, lrpe)
-    rotary = lrpe == "rotary" and angles is not None
-    return additive_bwd(q, k, v, rotation, do, state, row_max, log_sum, num_splits, rotary)
+    if fallback and triton_failed(q, v, angles, lrpe):
+        return _reference_backward(q, k, v, angles, lrpe, do)
+    try:
+        rotation = check_triton_inputs(k, v, angles, lrpe)
+        rotary = lrpe == "rotary" and angles is not None
+        return additive_bwd(q, k, v, rotation, do, state, row_max, log_sum, num_splits, rotary)
+    except Exception as error:
+        if not fallback:
+            raise
+        report_triton_failure(error, q, v, angles, lrpe)
+        return _reference_backward(q, k, v, angles, lrpe, do)
 
 
 @_backward_op.register_fake
-def _(q, k, v, angles, lrpe, num_splits, do, state, row_max, log_sum):
+def _(q, k, v, angles, lrpe, num_splits, fallback, do, state, row_max, log_sum):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _reference_forward(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> tuple[Tensor, ...]:
+    # The output from the PyTorch path, for a shape class whose kernels failed; its backward falls back too, so the
+    # state and normaliser are placeholders of the right shapes.
+    from lightnet_vision.kernels.additive.pytorch import additive_attention
+
+    batch, _, heads, dim_k = k.shape
+    state = k.new_zeros((batch, heads, 2, dim_k, v.shape[-1]), dtype=torch.float32)
+    normaliser = k.new_zeros((batch, heads, dim_k), dtype=torch.float32)
+    with torch.no_grad():
+        out = additive_attention(q, k, v, angles=angles, lrpe=lrpe, impl="torch")
+    return out.contiguous(), state, normaliser, normaliser.clone()  # contiguous, as the kernels' (and fake) outputs
+
+
+def _reference_backward(
+    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, do: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    # (dq, dk, dv) from the PyTorch path's backward formulas, in fp32, cast to the dtypes of q, k, v.
+    from lightnet_vision.kernels.additive.pytorch import noncausal_gradients
+
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+        angles = None if angles is None else angles.to(dtype)
+        grads = noncausal_gradients(q.to(dtype), k.to(dtype), v.to(dtype), angles, lrpe, do.to(dtype))[:3]
+    return tuple(grad.to(x.dtype).contiguous() for grad, x in zip(grads, (q, k, v), strict=True))
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
@@ -504,38 +548,28 @@ def _backward(ctx, do: Tensor, *unused: Tensor) -> tuple:
     if torch.is_grad_enabled():
         # Differentiating the backward (create_graph=True): the kernels' backward has no derivative of its own, so
         # the gradients come from the PyTorch path, whose backward is made of differentiable ops.
-        return (*_reference_gradients(ctx, q, k, v, angles, do, create_graph=True), None, None, None, None)
-    try:
-        grads = _backward_op(q, k, v, angles, ctx.lrpe, ctx.num_splits, do.contiguous(), state, row_max, log_sum)
-    except Exception as error:  # a compile or launch failure of the backward kernels
-        if not ctx.fallback:
-            raise
-        from lightnet_vision.kernels.additive.pytorch import report_triton_failure
-
-        report_triton_failure(error, q, v, angles, ctx.lrpe)
-        grads = _reference_gradients(ctx, q, k, v, angles, do, create_graph=False)
-    return (*grads, None, None, None, None)
+        return (*_differentiable_gradients(ctx, q, k, v, angles, do), None, None, None, None)
+    args = (q, k, v, angles, ctx.lrpe, ctx.num_splits, ctx.fallback, do.contiguous(), state, row_max, log_sum)
+    return (*_backward_op(*args), None, None, None, None)
 
 
-def _reference_gradients(ctx, q, k, v, angles, do, create_graph: bool) -> tuple[Tensor | None, ...]:
-    # (dq, dk, dv) of the PyTorch path at the saved inputs; with create_graph the inputs are used as they are, so the
-    # graph of these gradients reaches them.
+def _differentiable_gradients(ctx, q, k, v, angles, do) -> tuple[Tensor | None, ...]:
+    # (dq, dk, dv) of the PyTorch path at the saved inputs, with a graph that reaches them.
     from lightnet_vision.kernels.additive.pytorch import additive_attention
 
     needed = ctx.needs_input_grad[:3]
-    with torch.enable_grad():
-        pairs = list(zip((q, k, v), needed, strict=True))
-        inputs = [x if create_graph else x.detach().requires_grad_(need) for x, need in pairs]
-        out = additive_attention(*inputs, angles=angles, lrpe=ctx.lrpe, impl="torch")
-        wanted = [x for x, (_, need) in zip(inputs, pairs, strict=True) if need]
-        grads = iter(torch.autograd.grad(out, wanted, do, create_graph=create_graph))
+    out = additive_attention(q, k, v, angles=angles, lrpe=ctx.lrpe, impl="torch")
+    wanted = [x for x, need in zip((q, k, v), needed, strict=True) if need]
+    grads = iter(torch.autograd.grad(out, wanted, do, create_graph=True))
     return tuple(next(grads) if need else None for need in needed)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_triton_inputs(k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str = "cosine") -> Tensor | None:
+def check_triton_inputs(
+    k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str = "cosine", table: bool = True
+) -> Tensor | None:
     """Raises for what the kernels cannot do; returns the angles as the kernels read them: the `[2, N, K]` fp32
     table of `cos Θ` and `sin Θ` (no gradient), rotary angles `[N, K/2]` duplicated to `[Θ, Θ]` first."""
     if lrpe not in LRPE_FORMS:
@@ -558,7 +592,7 @@ def check_triton_inputs(k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str =
         angles = torch.cat([angles, angles], dim=-1)
     elif angles.shape != (n, dim_k):
         raise ValueError(f"angles must be [N, K] = {[n, dim_k]}, got {list(angles.shape)}")
-    return rotation_table(angles)
+    return rotation_table(angles) if table else None
 
 
 def noncausal_additive_attention(
@@ -584,15 +618,16 @@ def noncausal_additive_attention(
         lrpe: "cosine", the paper's `[x cos Θ, x sin Θ]` with angles `[N, K]`; "rotary", channel pairs
             `(c, c + K/2)` turned by angles `[N, K/2]`; "none" (no angles).
         num_splits: Programs per (batch, head) along the tokens; None picks enough to fill the GPU (1 off CUDA).
-        fallback: When the backward kernels fail to compile or launch, warn once and take the gradients from the
-            PyTorch path instead of raising (what `impl="auto"` asks for).
+        fallback: When the kernels fail to compile or launch (forward or backward), warn once and compute this
+            call and every later one of its shape class with the PyTorch path instead of raising (what
+            `impl="auto"` asks for). The decision is taken at run time, so it holds inside a compiled graph too.
 
     Second derivatives (`create_graph=True`) come from the PyTorch path, whose backward is differentiable.
 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
     """
-    check_triton_inputs(k, v, angles, lrpe)  # clear errors before the op is entered
+    check_triton_inputs(k, v, angles, lrpe, table=False)  # clear errors before the op is entered
     angles = None if angles is None else angles.detach()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _forward_op(q, k, v, angles, lrpe, num_splits, fallback)[0]
