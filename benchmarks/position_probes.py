@@ -7,7 +7,7 @@
 |-----------------|----------------------------------------------------------|--------------------------------------|
 | bright_quadrant | 16×16 Gaussian noise, one quadrant brightened by +1      | which quadrant (4, chance 25%)       |
 | digit_order     | a real 0 and a real 1 (scikit-learn digits), 16×32       | is the 0 on the left (2, chance 50%) |
-| mirrored_pair   | the same, or that image with its patch grid mirrored     | mirrored or not (2, chance 50%)      |
+| mirrored_pair   | such a pair, or that image with its patch grid mirrored  | mirrored or not (2, chance 50%)      |
 
 The tasks are about layout: the content is the same whatever the label, only its place moves. With the paper's
 encodings (MD-LRPE in its cosine form, symmetric MD-TPE) and mean pooling, mirroring the patch grid is an exact
@@ -90,14 +90,14 @@ def digit_order(batch: int, generator: torch.Generator, split: str = "train") ->
 
 
 def mirrored_pair(batch: int, generator: torch.Generator, split: str = "train") -> tuple[Tensor, Tensor]:
-    """A 0 left of a 1 (16×32), or that image with its grid of 4×4 patches mirrored left to right (label 1), each
-    patch left as it is: the two classes differ by exactly the symmetry of the paper's encodings."""
-    images, _ = digit_order(batch, generator, split)
-    zero_left = images.unflatten(-1, (2, 16)).flip(-2).flatten(-2)  # every sample with the 0 on the left
+    """A 0 and a 1 side by side (16×32, in either order), or that image with its grid of 4×4 patches mirrored left
+    to right (label 1), each patch left as it is: the two classes differ by exactly the symmetry of the paper's
+    encodings."""
+    images, _ = digit_order(batch, generator, split)  # [B, 1, 16, 32], the order of the two digits at random
     labels = torch.randint(0, 2, (batch,), generator=generator)
-    patches = zero_left.reshape(batch, 1, 4, 4, 8, 4)  # [B, 1, rows, 4, columns, 4]
-    mirrored = patches.flip(4).reshape(zero_left.shape)
-    return torch.where(labels[:, None, None, None] == 1, mirrored, zero_left), labels
+    patches = images.reshape(batch, 1, 4, 4, 8, 4)  # [B, 1, rows, 4, columns, 4]
+    mirrored = patches.flip(4).reshape(images.shape)
+    return torch.where(labels[:, None, None, None] == 1, mirrored, images), labels
 
 
 PROBES: dict[str, tuple[Sampler, int, tuple[int, int]]] = {
