@@ -1,4 +1,4 @@
-"""Layers shared by every LightNet model."""
+"""Layers shared by every LightNet model; docs/method.md walks through them with the paper (arXiv 2405.21022)."""
 
 from lightnet_vision.layers.adaln import LabelEmbedder, TimestepEmbedder, modulate
 from lightnet_vision.layers.attention import LightNetAttention

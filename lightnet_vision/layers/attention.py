@@ -1,4 +1,7 @@
-"""The LightNet token mixer (arXiv 2405.21022): additive attention with MD-LRPE and a low-rank output gate."""
+"""The LightNet token mixer (arXiv 2405.21022): additive attention with MD-LRPE and a low-rank output gate.
+
+The layer and its formulas: docs/method.md#token-mixer.
+"""
 
 import torch.nn.functional as F
 from torch import Tensor, nn

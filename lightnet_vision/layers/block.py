@@ -1,4 +1,7 @@
-"""The pre-norm LightNet block (arXiv 2405.21022): token mixing by LightNet attention, channel mixing by a GLU."""
+"""The pre-norm LightNet block (arXiv 2405.21022): token mixing by LightNet attention, channel mixing by a GLU.
+
+Layout: docs/method.md#block-and-glu.
+"""
 
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth

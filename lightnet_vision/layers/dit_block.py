@@ -1,4 +1,7 @@
-"""LightNet block with adaLN-Zero conditioning (arXiv 2405.21022), the building block of the LightNet-DiT denoiser."""
+"""LightNet block with adaLN-Zero conditioning (arXiv 2405.21022), the building block of the LightNet-DiT denoiser.
+
+Layout: docs/method.md#block-and-glu.
+"""
 
 from torch import Tensor, nn
 

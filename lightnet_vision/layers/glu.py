@@ -1,4 +1,4 @@
-"""The channel mixer of LightNet blocks (arXiv 2405.21022): `GLU(x) = W_3(SiLU(W_1 x) ⊙ W_2 x)`."""
+"""The channel mixer of LightNet blocks (arXiv 2405.21022; docs/method.md#block-and-glu): `W_3(SiLU(W_1 x) ⊙ W_2 x)`."""
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -4,7 +4,8 @@ Two forms share the angles below. "cosine" is the paper's: q and k̄ become `[x 
 `q̃·k̃ = Σ_c q_c k̄_c cos(Θ_t,c − Θ_s,c)`, an even function of each offset: a token cannot tell a neighbour on its left
 from one on its right. "rotary" turns channel pairs `(c, c + K/2)` by Θ (RoFormer's rotation, one angle per pair), so
 `q̃·k̃ = Σ_pairs (q₁k̄₁ + q₂k̄₂) cos Δ + (q₁k̄₂ − q₂k̄₁) sin Δ`: the sine term is odd in the offset, and the encoded
-tensors stay K wide instead of 2K. The kernel README (lightnet_vision/kernels/additive/README.md) has the maths.
+tensors stay K wide instead of 2K. docs/method.md#md-lrpe explains both forms and why rotary is the default; the
+kernel README (lightnet_vision/kernels/additive/README.md) has the maths of the op.
 """
 
 import math

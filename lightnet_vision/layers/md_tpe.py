@@ -1,4 +1,4 @@
-"""MD-TPE, the multi-dimensional Toeplitz positional encoding of LightNet (arXiv 2405.21022)."""
+"""MD-TPE, the multi-dimensional Toeplitz positional encoding of LightNet (arXiv 2405.21022; docs/method.md#md-tpe)."""
 
 import math
 

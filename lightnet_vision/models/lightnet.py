@@ -2,7 +2,7 @@
 
 Patch embedding → MD-TPE over the (h, w) patch grid → L LightNet blocks (additive attention with MD-LRPE, GLU) →
 LayerNorm → mean pool → linear head. No parameter depends on the input size: a model trained at 224² runs at
-any size divisible by the patch, without interpolation.
+any size divisible by the patch, without interpolation. The layout and presets: docs/method.md#classifier.
 """
 
 import torch

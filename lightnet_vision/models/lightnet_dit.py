@@ -2,7 +2,8 @@
 
 Latents `[B, C, h, w]` are patchified (patch 2, 4 or 8) → MD-TPE over the patch grid → L LightNet blocks whose
 norms are modulated adaLN-Zero style by `timestep embedding + class embedding` → adaLN final layer → unpatchify.
-The denoiser knows nothing of noise schedules: that lives in `lightnet_vision.diffusion`.
+The denoiser knows nothing of noise schedules: that lives in `lightnet_vision.diffusion`. The layout, the anchor token
+and the presets: docs/method.md#denoiser.
 """
 
 import torch
@@ -135,7 +136,7 @@ class LightNetDiT(nn.Module):
         c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
         # The condition also enters as one extra token, first, with MD-LRPE angle 0: an anchor at the grid's
         # origin. MD-TPE and MD-LRPE are relative, so without it a token fed pure noise cannot tell where on the
-        # grid it is, and a denoiser cannot place a class's strokes.
+        # grid it is, and a denoiser cannot place a class's strokes (docs/method.md#anchor-token).
         tokens = torch.cat([c[:, None], tokens], dim=1)  # [B, 1 + N, D]
         angles = None if self.pos_lrpe is None else self.pos_lrpe(grid, num_extra_tokens=1)  # [1 + N, K or K/2]
         for block in self.blocks:

@@ -15,7 +15,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def test_attention_matches_spec_formula():
+def test_attention_matches_paper_formula():
     dim, heads, grid = 12, 3, (3, 4)
     attn = LightNetAttention(dim, heads, qkv_bias=True)
     with torch.no_grad():
