@@ -1,4 +1,5 @@
-"""benchmarks/models.py: the helpers its numbers rest on, and a `--quick` run of every family on tiny shapes."""
+"""benchmarks/models.py (with its catalogue peers.py, harness.py and report.py): the helpers its numbers rest on, and a
+`--quick` run of every family on tiny shapes."""
 
 import csv
 import functools
@@ -11,25 +12,26 @@ import torch
 
 pytest.importorskip("timm", reason="the classifier peers are timm's DeiTs: pip install -e '.[dev]'")
 
-from benchmarks import models as bench  # noqa: E402 (after the skip)
+from benchmarks import harness, peers  # noqa: E402 (after the skip)
+from benchmarks import models as bench  # noqa: E402
 
 
 def test_throughput_takes_the_median_call_and_ratios_are_lightnet_over_peer() -> None:
     # One disturbed call (100 s) must not move the median; a mean would give 8 / 34.3 s.
-    lightnet = bench.throughput([1.0, 100.0, 2.0], items_per_call=8)
-    peer = bench.throughput([4.0, 5.0, 4.0], items_per_call=8)
+    lightnet = harness.throughput([1.0, 100.0, 2.0], items_per_call=8)
+    peer = harness.throughput([4.0, 5.0, 4.0], items_per_call=8)
     assert lightnet == 4.0
     assert peer == 2.0
-    assert bench.ratio(lightnet, peer) == 2.0
-    assert bench.ratio(None, peer) is None
-    assert bench.ratio(lightnet, None) is None
-    assert bench.throughput([], items_per_call=8) is None
+    assert harness.ratio(lightnet, peer) == 2.0
+    assert harness.ratio(None, peer) is None
+    assert harness.ratio(lightnet, None) is None
+    assert harness.throughput([], items_per_call=8) is None
 
 
 def test_calls_alternate_and_warmup_rounds_are_not_kept() -> None:
     order = []
     calls = {"lightnet": lambda: order.append("lightnet"), "peer": lambda: order.append("peer")}
-    timings, warmup, repeats = bench.time_interleaved(calls, repeats=3, warmup=2, device="cpu", max_seconds=60)
+    timings, warmup, repeats = harness.time_interleaved(calls, repeats=3, warmup=2, device="cpu", max_seconds=60)
     assert order == ["lightnet", "peer"] * 5
     assert (warmup, repeats) == (2, 3)
     assert [len(timings[name].seconds) for name in calls] == [3, 3]
@@ -40,21 +42,21 @@ def test_a_side_out_of_memory_is_skipped_while_the_other_is_still_timed() -> Non
         raise torch.OutOfMemoryError("tried to allocate 1 TiB")
 
     calls = {"lightnet": lambda: None, "peer": out_of_memory}
-    timings, _, _ = bench.time_interleaved(calls, repeats=3, warmup=1, device="cpu", max_seconds=60)
+    timings, _, _ = harness.time_interleaved(calls, repeats=3, warmup=1, device="cpu", max_seconds=60)
     assert timings["peer"].skipped.startswith("out of memory")
     assert timings["peer"].seconds == []
     assert len(timings["lightnet"].seconds) == 3 and not timings["lightnet"].skipped
 
 
 def test_slow_calls_get_fewer_rounds_and_too_slow_calls_are_skipped(monkeypatch) -> None:
-    monkeypatch.setattr(bench, "SLOW_CALL_SECONDS", 0.0)
+    monkeypatch.setattr(harness, "SLOW_CALL_SECONDS", 0.0)
     order = []
     calls = {"lightnet": lambda: order.append("lightnet"), "peer": lambda: order.append("peer")}
-    timings, warmup, repeats = bench.time_interleaved(calls, repeats=5, warmup=2, device="cpu", max_seconds=60)
-    assert (warmup, repeats) == (1, bench.SLOW_CALL_REPEATS)
-    assert len(order) == 2 * (1 + bench.SLOW_CALL_REPEATS)
+    timings, warmup, repeats = harness.time_interleaved(calls, repeats=5, warmup=2, device="cpu", max_seconds=60)
+    assert (warmup, repeats) == (1, harness.SLOW_CALL_REPEATS)
+    assert len(order) == 2 * (1 + harness.SLOW_CALL_REPEATS)
 
-    timings, _, _ = bench.time_interleaved(calls, repeats=2, warmup=1, device="cpu", max_seconds=0.0)
+    timings, _, _ = harness.time_interleaved(calls, repeats=2, warmup=1, device="cpu", max_seconds=0.0)
     assert all("--max-seconds" in timing.skipped and not timing.seconds for timing in timings.values())
 
 
@@ -68,7 +70,7 @@ def allocating_step(mebibytes: int):
 
 def test_peak_memory_of_a_step_in_a_fresh_process_counts_torch_allocations() -> None:
     # The whole process holds hundreds of MiB (Python, torch): only the step's 64 MiB may be counted.
-    peak = bench.measure_peak_memory(functools.partial(allocating_step, 64), "cpu", threads=1)
+    peak = harness.measure_peak_memory(functools.partial(allocating_step, 64), "cpu", threads=1)
     assert 60 < peak < 80
 
 
@@ -82,10 +84,10 @@ def test_quick_run_writes_one_row_per_pair_size_and_mode(tmp_path) -> None:
 
     expected = {
         (family, mode, str(size), lightnet, peer)
-        for family, pairs in bench.PAIRS.items()
+        for family, pairs in peers.PAIRS.items()
         for lightnet, peer in pairs
-        for size in bench.QUICK_SIZES[family]
-        for mode in bench.MODES
+        for size in peers.QUICK_SIZES[family]
+        for mode in harness.MODES
     }
     assert len(rows) == len(expected)
     assert {(row["family"], row["mode"], row["size"], row["lightnet"], row["peer"]) for row in rows} == expected
@@ -100,27 +102,27 @@ def test_quick_run_writes_one_row_per_pair_size_and_mode(tmp_path) -> None:
 
 
 def test_cuda_batches_hold_more_tokens() -> None:
-    assert bench.default_batch_size("classifier", 224) == 8
-    assert bench.default_batch_size("classifier", 224, "cuda") == 8 * bench.CUDA_TOKEN_SCALE
-    assert bench.default_batch_size("denoiser", 128, "cuda:0") == 4
+    assert peers.default_batch_size("classifier", 224) == 8
+    assert peers.default_batch_size("classifier", 224, "cuda") == 8 * peers.CUDA_TOKEN_SCALE
+    assert peers.default_batch_size("denoiser", 128, "cuda:0") == 4
 
 
 def test_pairs_keep_the_default_run_and_add_xl_only_when_named() -> None:
-    assert bench.select_pairs(["denoiser"], None) == {"denoiser": [("lightnet_dit_s_2", "diffusers_dit_s_2")]}
-    selected = bench.select_pairs(["classifier", "denoiser"], ["lightnet_tiny", "lightnet_dit_xl_2"])
+    assert peers.select_pairs(["denoiser"], None) == {"denoiser": [("lightnet_dit_s_2", "diffusers_dit_s_2")]}
+    selected = peers.select_pairs(["classifier", "denoiser"], ["lightnet_tiny", "lightnet_dit_xl_2"])
     assert selected == {
         "classifier": [("lightnet_tiny", "deit_tiny_patch16_224")],
         "denoiser": [("lightnet_dit_xl_2", "diffusers_dit_xl_2")],
     }
     with pytest.raises(SystemExit, match="mixer"):
-        bench.select_pairs(["mixer"], ["lightnet_tiny"])
+        peers.select_pairs(["mixer"], ["lightnet_tiny"])
 
 
 def test_xl_pair_is_dit_xl_2_on_both_sides() -> None:
     # On the meta device: the shapes without the 2 × 700M parameters' memory.
     with torch.device("meta"):
-        lightnet = bench.build_model("denoiser", "lightnet_dit_xl_2", 32)
-        peer = bench.build_model("denoiser", "diffusers_dit_xl_2", 32)
+        lightnet = peers.build_model("denoiser", "lightnet_dit_xl_2", 32)
+        peer = peers.build_model("denoiser", "diffusers_dit_xl_2", 32)
     config = peer.config
     assert (config.num_layers, config.num_attention_heads, config.attention_head_dim) == (28, 16, 72)
     assert (config.patch_size, config.in_channels, config.out_channels) == (2, 4, 4)
@@ -128,21 +130,21 @@ def test_xl_pair_is_dit_xl_2_on_both_sides() -> None:
     assert len(lightnet.blocks) == 28 and lightnet.num_classes == 1000
     assert lightnet.x_embedder.proj.weight.shape == (1152, 4, 2, 2) == peer.pos_embed.proj.weight.shape
     # DiT-XL/2 is 675M parameters; diffusers' form holds a timestep and class embedding in each of its 28 blocks.
-    assert 650 < bench.parameter_millions(lightnet) < 700
-    assert 700 < bench.parameter_millions(peer) < 760
+    assert 650 < harness.parameter_millions(lightnet) < 700
+    assert 700 < harness.parameter_millions(peer) < 760
 
 
 def test_compile_blocks_compiles_each_repeated_block_once(monkeypatch) -> None:
-    model = bench.build_model("classifier", "lightnet_tiny", 32)
-    blocks = bench.repeated_blocks(model)
+    model = peers.build_model("classifier", "lightnet_tiny", 32)
+    blocks = harness.repeated_blocks(model)
     assert len(blocks) == 12 and all(block is layer for block, layer in zip(blocks, model.blocks, strict=True))
-    bench.compile_in_place(model, "blocks")
+    harness.compile_in_place(model, "blocks")
     assert all(block._compiled_call_impl is not None for block in blocks)
     assert model._compiled_call_impl is None
     # A mixer has no stack of identical blocks (its gate's two Linears differ in shape): compiled whole.
-    mixer = bench.build_model("mixer", "lightnet_attention_tiny", 4)
-    assert bench.repeated_blocks(mixer) == []
-    bench.compile_in_place(mixer, "blocks")
+    mixer = peers.build_model("mixer", "lightnet_attention_tiny", 4)
+    assert harness.repeated_blocks(mixer) == []
+    harness.compile_in_place(mixer, "blocks")
     assert mixer._compiled_call_impl is not None
 
 
@@ -153,7 +155,7 @@ def test_a_side_that_fails_to_compile_is_skipped_with_the_reason(tmp_path, monke
             raise RuntimeError("this backend does not take softmax attention")
         return graph.forward
 
-    monkeypatch.setattr(bench, "COMPILE_OPTIONS", {"backend": backend})
+    monkeypatch.setattr(harness, "COMPILE_OPTIONS", {"backend": backend})
     out = tmp_path / "models.csv"
     argv = ["--quick", "--no-memory", "--compile", "--only", "mixer", "--sizes", "4", "--modes", "train"]
     bench.main([*argv, "--pairs", "lightnet_attention_tiny", "--out", str(out)])
