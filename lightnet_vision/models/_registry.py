@@ -1,26 +1,65 @@
-"""A small model registry in the style of timm: presets register themselves by function name."""
+"""A small model registry in the style of timm. A preset is a function, named after the preset, that returns the
+keyword arguments it gives its backbone class; `register_model(Backbone)` records it. The preset is declared once:
+`create_model("lightnet_small")` builds it, and a config names it through the backbone's own `preset` argument
+(`LightNet(preset="lightnet_small")`), which `preset_arguments` resolves.
+"""
 
 import fnmatch
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
-_model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+PresetFn = Callable[[], dict[str, Any]]
+
+_presets: dict[str, tuple[type[nn.Module], PresetFn]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a preset function under its own name."""
-    _model_entrypoints[fn.__name__] = fn
-    return fn
+def register_model(model_cls: type[nn.Module]) -> Callable[[PresetFn], PresetFn]:
+    """Register the decorated function as a preset of `model_cls` (a class that takes `preset=`), under its name."""
+
+    def register(fn: PresetFn) -> PresetFn:
+        _presets[fn.__name__] = (model_cls, fn)
+        return fn
+
+    return register
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
-    return sorted(name for name in _model_entrypoints if fnmatch.fnmatch(name, pattern))
+def list_models(pattern: str = "*", model_cls: type[nn.Module] | None = None) -> list[str]:
+    """Registered preset names matching a shell-style pattern (of `model_cls` only, when given), sorted."""
+    return sorted(
+        name
+        for name, (cls, _) in _presets.items()
+        if fnmatch.fnmatch(name, pattern) and (model_cls is None or cls is model_cls)
+    )
+
+
+def preset_arguments(name: str, model_cls: type[nn.Module] | None = None) -> dict[str, Any]:
+    """The keyword arguments a registered preset (of `model_cls`, when given) sets."""
+    names = list_models(model_cls=model_cls)
+    if name not in names:
+        of = "" if model_cls is None else f" of {model_cls.__name__}"
+        raise ValueError(f"unknown preset {name!r}{of}; registered presets{of}: {', '.join(names)}")
+    return dict(_presets[name][1]())
+
+
+def fill_from_preset(model_cls: type[nn.Module], preset: str | None, **given: Any) -> dict[str, Any]:
+    """The arguments in `given`, in its order, each one left None taken from the preset: one given explicitly wins."""
+    arguments = {} if preset is None else preset_arguments(preset, model_cls)
+    if extra := sorted(arguments.keys() - given.keys()):
+        raise TypeError(f"preset {preset!r} sets {extra}; {model_cls.__name__} takes only {sorted(given)} from one")
+    arguments.update({key: value for key, value in given.items() if value is not None})
+    if missing := [key for key in given if key not in arguments]:
+        raise ValueError(
+            f"{model_cls.__name__} needs {', '.join(missing)}: give them or a preset "
+            f"({', '.join(list_models(model_cls=model_cls))})"
+        )
+    return {key: arguments[key] for key in given}
 
 
 def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model; keyword arguments override the preset (`num_classes`, `img_size`, ...)."""
-    if name not in _model_entrypoints:
+    """Build a registered preset; keyword arguments override it (`num_classes`, `img_size`, `depth`, ...)."""
+    if name not in _presets:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    return _model_entrypoints[name](**overrides)
+    model_cls, _ = _presets[name]
+    return model_cls(preset=name, **overrides)

@@ -10,20 +10,22 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightnet_vision.layers import MDLRPE, MDTPE, LightNetBlock, PatchEmbed
-from lightnet_vision.models._registry import register_model
+from lightnet_vision.models._registry import fill_from_preset, register_model
 
 
 class LightNet(nn.Module):
     """LightNet classifier.
 
     Args:
+        preset: A registered preset (`list_models(model_cls=LightNet)`: lightnet_tiny, lightnet_small, ...) that sets
+            `embed_dim`, `depth` and `num_heads`; each of these given explicitly wins over it.
         img_size: Default input size (informational: any size divisible by `patch_size` runs).
         patch_size: Side of the square patches.
         in_chans: Input image channels.
         num_classes: Classes of the head; 0 gives a model without a head (pooled features out).
-        embed_dim: Model width D.
-        depth: Number of blocks L.
-        num_heads: Attention heads H (head dim D / H).
+        embed_dim: Model width D (default: the preset's).
+        depth: Number of blocks L (default: the preset's).
+        num_heads: Attention heads H, head dim D / H (default: the preset's).
         qkv_bias: Add a bias to the q, k and v projections.
         drop_rate: Dropout before the head.
         drop_path_rate: Stochastic depth at the last block, rising linearly from 0 at the first.
@@ -38,13 +40,14 @@ class LightNet(nn.Module):
 
     def __init__(
         self,
+        preset: str | None = "lightnet_tiny",
         img_size: int = 224,
         patch_size: int = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
         qkv_bias: bool = False,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -53,6 +56,9 @@ class LightNet(nn.Module):
         tpe: str = "symmetric",
     ) -> None:
         super().__init__()
+        size = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
+        embed_dim, depth, num_heads = fill_from_preset(LightNet, preset, **size).values()
+        self.preset = preset
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -63,7 +69,8 @@ class LightNet(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_tpe = None if tpe == "none" else MDTPE(embed_dim, num_heads, num_axes=2, form=tpe)
         self.pos_lrpe = None if lrpe == "none" else MDLRPE(embed_dim // num_heads, num_axes=2, form=lrpe)
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        # Python floats on any default device: the model can be built on the meta device (sizes, deferred init).
+        drop_path = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             LightNetBlock(embed_dim, num_heads, drop_path=drop_path[i], qkv_bias=qkv_bias, lrpe=lrpe)
             for i in range(depth)
@@ -120,24 +127,19 @@ class LightNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(preset: dict, **overrides) -> LightNet:
-    # Overrides win over the preset, its width and depth included (`create_model("lightnet_tiny", depth=6)`).
-    return LightNet(**{**preset, **overrides})
+@register_model(LightNet)
+def lightnet_tiny() -> dict[str, int]:
+    """LightNet at DeiT-Ti width: D=192, H=3, L=12 (patch 16, 224² by default)."""
+    return {"embed_dim": 192, "depth": 12, "num_heads": 3}
 
 
-@register_model
-def lightnet_tiny(**overrides) -> LightNet:
-    """LightNet at DeiT-Ti width: D=192, H=3, L=12, patch 16, 224²."""
-    return _create({"embed_dim": 192, "depth": 12, "num_heads": 3}, **overrides)
+@register_model(LightNet)
+def lightnet_small() -> dict[str, int]:
+    """LightNet at DeiT-S width: D=384, H=6, L=12 (patch 16, 224² by default)."""
+    return {"embed_dim": 384, "depth": 12, "num_heads": 6}
 
 
-@register_model
-def lightnet_small(**overrides) -> LightNet:
-    """LightNet at DeiT-S width: D=384, H=6, L=12, patch 16, 224²."""
-    return _create({"embed_dim": 384, "depth": 12, "num_heads": 6}, **overrides)
-
-
-@register_model
-def lightnet_base(**overrides) -> LightNet:
-    """LightNet at DeiT-B width: D=768, H=12, L=12, patch 16, 224²."""
-    return _create({"embed_dim": 768, "depth": 12, "num_heads": 12}, **overrides)
+@register_model(LightNet)
+def lightnet_base() -> dict[str, int]:
+    """LightNet at DeiT-B width: D=768, H=12, L=12 (patch 16, 224² by default)."""
+    return {"embed_dim": 768, "depth": 12, "num_heads": 12}

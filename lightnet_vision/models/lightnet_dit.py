@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lightnet_vision.layers import MDLRPE, MDTPE, LabelEmbedder, LightNetDiTBlock, PatchEmbed, TimestepEmbedder
 from lightnet_vision.layers.adaln import modulate
-from lightnet_vision.models._registry import register_model
+from lightnet_vision.models._registry import fill_from_preset, register_model
 
 
 class FinalLayer(nn.Module):
@@ -33,12 +33,14 @@ class LightNetDiT(nn.Module):
     """Class-conditional (or unconditional) denoiser `forward(x, t, y)` of latents.
 
     Args:
+        preset: A registered preset (`list_models(model_cls=LightNetDiT)`: lightnet_dit_s_2, ..., lightnet_dit_xl_8)
+            that sets `hidden_size`, `depth`, `num_heads` and `patch_size`; each of these given explicitly wins over it.
         input_size: Default latent side (informational: any size divisible by `patch_size` runs).
-        patch_size: Side of the square latent patches.
+        patch_size: Side of the square latent patches (default: the preset's).
         in_channels: Latent channels C.
-        hidden_size: Model width D.
-        depth: Number of blocks L.
-        num_heads: Attention heads H.
+        hidden_size: Model width D (default: the preset's).
+        depth: Number of blocks L (default: the preset's).
+        num_heads: Attention heads H (default: the preset's).
         class_dropout_prob: Probability of training with the null label (for classifier-free guidance).
         num_classes: Number of classes; 0 trains an unconditional model.
         learn_sigma: Also predict the per-element variance (output has 2C channels, as in DiT).
@@ -53,12 +55,13 @@ class LightNetDiT(nn.Module):
 
     def __init__(
         self,
+        preset: str | None = "lightnet_dit_s_2",
         input_size: int = 32,
-        patch_size: int = 2,
+        patch_size: int | None = None,
         in_channels: int = 4,
-        hidden_size: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
+        hidden_size: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = False,
@@ -67,6 +70,9 @@ class LightNetDiT(nn.Module):
         tpe: str = "symmetric",
     ) -> None:
         super().__init__()
+        size = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "patch_size": patch_size}
+        hidden_size, depth, num_heads, patch_size = fill_from_preset(LightNetDiT, preset, **size).values()
+        self.preset = preset
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -155,70 +161,73 @@ class LightNetDiT(nn.Module):
         return uncond + cfg_scale * (cond - uncond)
 
 
-_DIT_SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+@register_model(LightNetDiT)
+def lightnet_dit_s_2() -> dict[str, int]:
+    """LightNet-DiT at DiT-S/2 size: D=384, H=6, L=12, patch 2."""
+    return {"hidden_size": 384, "depth": 12, "num_heads": 6, "patch_size": 2}
 
 
-def _create(size: str, patch_size: int, **overrides) -> LightNetDiT:
-    hidden_size, depth, num_heads = _DIT_SIZES[size]
-    config = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "patch_size": patch_size}
-    return LightNetDiT(**{**config, **overrides})
+@register_model(LightNetDiT)
+def lightnet_dit_s_4() -> dict[str, int]:
+    """LightNet-DiT at DiT-S/4 size: D=384, H=6, L=12, patch 4."""
+    return {"hidden_size": 384, "depth": 12, "num_heads": 6, "patch_size": 4}
 
 
-@register_model
-def lightnet_dit_s_2(**overrides) -> LightNetDiT:
-    return _create("s", 2, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_s_8() -> dict[str, int]:
+    """LightNet-DiT at DiT-S/8 size: D=384, H=6, L=12, patch 8."""
+    return {"hidden_size": 384, "depth": 12, "num_heads": 6, "patch_size": 8}
 
 
-@register_model
-def lightnet_dit_s_4(**overrides) -> LightNetDiT:
-    return _create("s", 4, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_b_2() -> dict[str, int]:
+    """LightNet-DiT at DiT-B/2 size: D=768, H=12, L=12, patch 2."""
+    return {"hidden_size": 768, "depth": 12, "num_heads": 12, "patch_size": 2}
 
 
-@register_model
-def lightnet_dit_s_8(**overrides) -> LightNetDiT:
-    return _create("s", 8, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_b_4() -> dict[str, int]:
+    """LightNet-DiT at DiT-B/4 size: D=768, H=12, L=12, patch 4."""
+    return {"hidden_size": 768, "depth": 12, "num_heads": 12, "patch_size": 4}
 
 
-@register_model
-def lightnet_dit_b_2(**overrides) -> LightNetDiT:
-    return _create("b", 2, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_b_8() -> dict[str, int]:
+    """LightNet-DiT at DiT-B/8 size: D=768, H=12, L=12, patch 8."""
+    return {"hidden_size": 768, "depth": 12, "num_heads": 12, "patch_size": 8}
 
 
-@register_model
-def lightnet_dit_b_4(**overrides) -> LightNetDiT:
-    return _create("b", 4, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_l_2() -> dict[str, int]:
+    """LightNet-DiT at DiT-L/2 size: D=1024, H=16, L=24, patch 2."""
+    return {"hidden_size": 1024, "depth": 24, "num_heads": 16, "patch_size": 2}
 
 
-@register_model
-def lightnet_dit_b_8(**overrides) -> LightNetDiT:
-    return _create("b", 8, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_l_4() -> dict[str, int]:
+    """LightNet-DiT at DiT-L/4 size: D=1024, H=16, L=24, patch 4."""
+    return {"hidden_size": 1024, "depth": 24, "num_heads": 16, "patch_size": 4}
 
 
-@register_model
-def lightnet_dit_l_2(**overrides) -> LightNetDiT:
-    return _create("l", 2, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_l_8() -> dict[str, int]:
+    """LightNet-DiT at DiT-L/8 size: D=1024, H=16, L=24, patch 8."""
+    return {"hidden_size": 1024, "depth": 24, "num_heads": 16, "patch_size": 8}
 
 
-@register_model
-def lightnet_dit_l_4(**overrides) -> LightNetDiT:
-    return _create("l", 4, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_xl_2() -> dict[str, int]:
+    """LightNet-DiT at DiT-XL/2 size: D=1152, H=16, L=28, patch 2."""
+    return {"hidden_size": 1152, "depth": 28, "num_heads": 16, "patch_size": 2}
 
 
-@register_model
-def lightnet_dit_l_8(**overrides) -> LightNetDiT:
-    return _create("l", 8, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_xl_4() -> dict[str, int]:
+    """LightNet-DiT at DiT-XL/4 size: D=1152, H=16, L=28, patch 4."""
+    return {"hidden_size": 1152, "depth": 28, "num_heads": 16, "patch_size": 4}
 
 
-@register_model
-def lightnet_dit_xl_2(**overrides) -> LightNetDiT:
-    return _create("xl", 2, **overrides)
-
-
-@register_model
-def lightnet_dit_xl_4(**overrides) -> LightNetDiT:
-    return _create("xl", 4, **overrides)
-
-
-@register_model
-def lightnet_dit_xl_8(**overrides) -> LightNetDiT:
-    return _create("xl", 8, **overrides)
+@register_model(LightNetDiT)
+def lightnet_dit_xl_8() -> dict[str, int]:
+    """LightNet-DiT at DiT-XL/8 size: D=1152, H=16, L=28, patch 8."""
+    return {"hidden_size": 1152, "depth": 28, "num_heads": 16, "patch_size": 8}

@@ -5,10 +5,11 @@ import torch
 from diffusion_helpers import wake
 
 from lightnet_vision.layers import MDLRPE, LightNetDiTBlock
-from lightnet_vision.models import LightNetDiT, create_model, list_models
-from lightnet_vision.models.lightnet_dit import _DIT_SIZES
+from lightnet_vision.models import LightNetDiT, create_model, list_models, preset_arguments
 
-DENOISERS = list_models("lightnet_dit_*")
+DENOISERS = list_models(model_cls=LightNetDiT)
+# (hidden size, depth, heads) of DiT-S/B/L/XL. Configs and checkpoints name these presets: their sizes never change.
+DIT_SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
 TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2, "in_channels": 4, "num_classes": 5}
 
 
@@ -24,13 +25,13 @@ def inputs(batch: int = 3, channels: int = 4, height: int = 8, width: int = 8):
 
 
 def test_every_size_and_patch_is_registered():
-    assert DENOISERS == sorted(f"lightnet_dit_{size}_{patch}" for size in ("s", "b", "l", "xl") for patch in (2, 4, 8))
+    assert {f"lightnet_dit_{size}_{patch}" for size in DIT_SIZES for patch in (2, 4, 8)} <= set(DENOISERS)
 
 
 @pytest.mark.parametrize("name", DENOISERS)
 @pytest.mark.parametrize("learn_sigma", [False, True], ids=["eps", "eps+sigma"])
 def test_forward_shape_and_every_parameter_gets_a_gradient(name, learn_sigma):
-    patch = int(name.rsplit("_", 1)[1])
+    patch = preset_arguments(name)["patch_size"]
     side = max(8, 2 * patch)  # at least a 2x2 patch grid, so the positional encodings have something to relate
     model = create_model(name, input_size=side, learn_sigma=learn_sigma, **TINY)
     assert isinstance(model, LightNetDiT) and model.patch_size == patch
@@ -46,9 +47,12 @@ def test_forward_shape_and_every_parameter_gets_a_gradient(name, learn_sigma):
         assert param.grad.abs().sum() > 0, f"{param_name} has an all-zero gradient"
 
 
-def test_preset_table_has_dit_sizes():
-    # (hidden size, depth, heads) of DiT-S/B/L/XL.
-    assert _DIT_SIZES == {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+@pytest.mark.parametrize("size", DIT_SIZES)
+@pytest.mark.parametrize("patch", [2, 4, 8])
+def test_presets_have_dit_sizes(size, patch):
+    hidden_size, depth, num_heads = DIT_SIZES[size]
+    expected = {"hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "patch_size": patch}
+    assert preset_arguments(f"lightnet_dit_{size}_{patch}") == expected
 
 
 def test_small_preset_is_built_at_dit_s_size():
@@ -61,7 +65,7 @@ def test_small_preset_is_built_at_dit_s_size():
 
 @pytest.mark.parametrize("size", ["b", "l", "xl"])
 def test_larger_presets_use_their_width_and_heads(size):
-    hidden_size, _, num_heads = _DIT_SIZES[size]
+    hidden_size, _, num_heads = DIT_SIZES[size]
     model = create_model(f"lightnet_dit_{size}_4", depth=1)
     assert model.x_embedder.proj.out_channels == hidden_size
     assert model.blocks[0].attn.num_heads == num_heads

@@ -2,13 +2,23 @@
 
 import pytest
 import torch
+from jsonargparse import ArgumentParser
+from torch import nn
 
-from lightnet_vision.models import LightNet, create_model, list_models
+from lightnet_vision.models import (
+    LightNet,
+    LightNetDiT,
+    _registry,
+    create_model,
+    list_models,
+    preset_arguments,
+    register_model,
+)
 
 # Preset widths are kept; depth is cut to keep a forward and backward of the base width fast on a CPU.
 SMALL = {"num_classes": 7, "in_chans": 3, "depth": 2}
-# The image classifiers; the diffusion denoisers (lightnet_dit_*) have their own tests.
-CLASSIFIERS = [name for name in list_models() if not name.startswith("lightnet_dit")]
+# The image classifiers; the diffusion denoisers (LightNetDiT presets) have their own tests.
+CLASSIFIERS = list_models(model_cls=LightNet)
 
 
 def finite_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -22,10 +32,75 @@ def finite_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_registry_lists_the_presets():
-    assert {"lightnet_tiny", "lightnet_small", "lightnet_base"} <= set(list_models())
+    assert {"lightnet_tiny", "lightnet_small", "lightnet_base"} <= set(CLASSIFIERS)
     assert list_models() == sorted(list_models())
     assert list_models("lightnet_s*") == ["lightnet_small"]
-    assert CLASSIFIERS == ["lightnet_base", "lightnet_small", "lightnet_tiny"]
+    # Each preset belongs to exactly one backbone.
+    denoisers = list_models(model_cls=LightNetDiT)
+    assert sorted(CLASSIFIERS + denoisers) == list_models() and not set(CLASSIFIERS) & set(denoisers)
+
+
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(param.shape) for name, param in model.named_parameters()}
+
+
+def build_from_config(config: str) -> nn.Module:
+    """The YAML route of `lightnet-vision`: a backbone's class_path and init_args, parsed and instantiated."""
+    parser = ArgumentParser()
+    parser.add_argument("--model", type=nn.Module)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+    with torch.device("meta"):  # full-size presets (up to 680M parameters) without allocating them
+        return instantiate(parser.parse_string(config)).model
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_builds_from_a_config_as_from_create_model(name):
+    with torch.device("meta"):
+        reference = create_model(name)
+        model_cls = type(reference)
+        explicit = model_cls(preset=None, **preset_arguments(name))
+    class_path = f"{model_cls.__module__}.{model_cls.__qualname__}"
+    model = build_from_config(f"model:\n  class_path: {class_path}\n  init_args:\n    preset: {name}\n")
+    assert type(model) is model_cls and model.preset == reference.preset == name
+    assert parameter_shapes(model) == parameter_shapes(reference) == parameter_shapes(explicit)
+
+
+@pytest.mark.parametrize("model_cls", [LightNet, LightNetDiT])
+def test_unknown_preset_is_one_line_naming_the_backbones_presets(model_cls):
+    with pytest.raises(ValueError, match="lightnet_huge") as error:
+        model_cls(preset="lightnet_huge")
+    message = str(error.value)
+    assert "\n" not in message
+    assert all(name in message for name in list_models(model_cls=model_cls))
+    assert not any(name in message for name in list_models() if name not in list_models(model_cls=model_cls))
+
+
+def test_explicit_arguments_win_over_the_preset():
+    model = LightNet(preset="lightnet_base", embed_dim=96, depth=1)  # the preset's 12 heads stay
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (96, 1, 12)
+    with pytest.raises(ValueError, match="needs embed_dim, num_heads"):
+        LightNet(preset=None, depth=1)
+
+
+def test_adding_a_preset_is_one_function(monkeypatch):
+    monkeypatch.setattr(_registry, "_presets", dict(_registry._presets))  # the registry as it is, restored after
+
+    @register_model(LightNet)
+    def lightnet_pico() -> dict[str, int]:
+        return {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+    assert "lightnet_pico" in list_models(model_cls=LightNet)
+    model = build_from_config(
+        "model:\n  class_path: lightnet_vision.models.LightNet\n  init_args:\n    preset: lightnet_pico\n"
+    )
+    assert (model.embed_dim, len(model.blocks)) == (32, 2)
+    assert create_model("lightnet_pico").embed_dim == 32
+
+
+def test_a_preset_may_set_only_what_the_backbone_takes_from_one(monkeypatch):
+    monkeypatch.setitem(_registry._presets, "lightnet_odd", (LightNet, lambda: {"embed_dim": 8, "patch_size": 4}))
+    with pytest.raises(TypeError, match=r"'lightnet_odd' sets \['patch_size'\]"):
+        LightNet(preset="lightnet_odd", depth=1, num_heads=2)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
