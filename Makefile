@@ -1,4 +1,10 @@
 # `make demo` and `make test` work on a fresh clone: each creates .venv and installs what it needs once.
+#
+# Two test lanes, both linting first (`make lint`: ruff check and ruff format --check on the project's own files):
+#   make test       every test: what CI runs (.ci/run, on a fresh clone) and what to run before pushing.
+#   make test-fast  the edit loop: the tests not marked @pytest.mark.slow (those take over a second or so each on
+#                   a 2-core CPU), under a minute on the 2-core machine this project is developed on. When you
+#                   change what a slow test covers, run it by name (`.venv/bin/python -m pytest tests/... -k ...`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,8 +12,11 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 # Extra flags for `make bench`, e.g. BENCH_ARGS="--only mixer" or BENCH_ARGS="--quick".
 BENCH_ARGS ?=
+# What `make lint` checks: the Python files git tracks, so that a user's untracked scripts cannot fail it (new files
+# count once `git add`ed); outside a git checkout, the package, the tests and the benchmarks.
+LINT_FILES = $(or $(wildcard $(shell git ls-files '*.py' 2>/dev/null)),lightnet_vision tests benchmarks)
 
-.PHONY: install demo demo-generate test lint bench clean
+.PHONY: install demo demo-generate test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,15 +37,19 @@ demo: $(STAMP)
 demo-generate: $(STAMP)
 	$(BIN)/python -m lightnet_vision.demo generate
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/models.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
+	@echo "ruff check and ruff format --check on $(words $(LINT_FILES)) paths"
+	@$(BIN)/ruff check --force-exclude $(LINT_FILES)
+	@$(BIN)/ruff format --check --force-exclude $(LINT_FILES)
 
 clean:
 	rm -rf $(VENV) lightning_logs runs

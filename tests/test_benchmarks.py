@@ -68,12 +68,14 @@ def allocating_step(mebibytes: int):
     return step
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_step_in_a_fresh_process_counts_torch_allocations() -> None:
     # The whole process holds hundreds of MiB (Python, torch): only the step's 64 MiB may be counted.
     peak = harness.measure_peak_memory(functools.partial(allocating_step, 64), "cpu", threads=1)
     assert 60 < peak < 80
 
 
+@pytest.mark.slow
 def test_quick_run_writes_one_row_per_pair_size_and_mode(tmp_path) -> None:
     out = tmp_path / "models.csv"
     bench.main(["--quick", "--no-memory", "--out", str(out)])
@@ -118,6 +120,7 @@ def test_pairs_keep_the_default_run_and_add_xl_only_when_named() -> None:
         peers.select_pairs(["mixer"], ["lightnet_tiny"])
 
 
+@pytest.mark.slow
 def test_xl_pair_is_dit_xl_2_on_both_sides() -> None:
     # On the meta device: the shapes without the 2 × 700M parameters' memory.
     with torch.device("meta"):
@@ -134,6 +137,7 @@ def test_xl_pair_is_dit_xl_2_on_both_sides() -> None:
     assert 700 < harness.parameter_millions(peer) < 760
 
 
+@pytest.mark.slow
 def test_compile_blocks_compiles_each_repeated_block_once(monkeypatch) -> None:
     model = peers.build_model("classifier", "lightnet_tiny", 32)
     blocks = harness.repeated_blocks(model)
@@ -148,6 +152,7 @@ def test_compile_blocks_compiles_each_repeated_block_once(monkeypatch) -> None:
     assert mixer._compiled_call_impl is not None
 
 
+@pytest.mark.slow
 def test_a_side_that_fails_to_compile_is_skipped_with_the_reason(tmp_path, monkeypatch) -> None:
     def backend(graph: torch.fx.GraphModule, example_inputs):
         # Compiles (runs as traced) every graph but softmax attention's.
@@ -335,6 +340,7 @@ def test_gpu_report_summarises_the_steps_and_merges_the_model_csvs(tmp_path) -> 
     assert [(row["run"], row["lightnet_throughput"]) for row in rows] == [("eager", "10"), ("compiled_denoiser", "20")]
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_lists_every_step_and_skips_the_cuda_ones(tmp_path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(tmp_path), "OUT": ""}
     result = subprocess.run(

@@ -143,6 +143,7 @@ def test_configs_are_found():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.slow
 def test_config_instantiates_with_linked_values(config, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)  # configs write relative paths such as runs/...
     monkeypatch.setattr(sys, "argv", ["lightnet-vision"])  # LightningCLI warns about pytest's own command line

@@ -181,7 +181,7 @@ def test_autocast_is_disabled_inside(causal):
     torch.testing.assert_close(out16.float(), ref16, rtol=2**-8, atol=1e-5)
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("causal", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "causal"])
 def test_gradcheck(causal):
     b, n, h, k, v = 1, 5, 2, 3, 4
     q, key, value = (x.detach().double().requires_grad_() for x in make_inputs(b, n, h, k, v, torch.float32))
@@ -271,7 +271,7 @@ def test_only_rotary_tells_an_offset_from_its_mirror(causal):
 
 
 @pytest.mark.parametrize("lrpe", ["cosine", "rotary"])
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("causal", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "causal"])
 def test_second_derivatives(causal, lrpe):
     # create_graph=True through the hand-written backward: gradient penalties and Hessian-vector products.
     q, key, value = (x.detach().double().requires_grad_() for x in make_inputs(1, 5, 2, 4, 3, torch.float32))

@@ -68,6 +68,7 @@ def key_gradient_floor(ratio: float, q, k, v, do) -> float:
 @pytest.mark.parametrize(("k", "v"), [(16, 16), (5, 7)], ids=["k16v16", "k5v7"])
 @pytest.mark.parametrize(("b", "n", "h"), [(2, 1, 2), (2, 63, 2), (1, 257, 1)], ids=["n1", "n63", "n257"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.slow
 def test_matches_naive(causal, b, n, h, k, v, use_angles, dtype):
     q, key, value = make_inputs(b, n, h, k, v, dtype)
     angles = torch.rand(n, k) * 6.3 if use_angles else None
@@ -82,6 +83,7 @@ def test_matches_naive(causal, b, n, h, k, v, use_angles, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.slow
 def test_several_tiles_match_naive(causal, dtype):
     # K = 40 and V = 72 are cut into several tiles by every kernel: the state tiles and the V tiles of the output
     # (non-causal), K tiles of the gradients, K and V tiles whose partial sums the host adds (causal).
@@ -100,6 +102,7 @@ def test_several_tiles_match_naive(causal, dtype):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("logits", ["randn", "plus_minus"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.slow
 def test_extreme_logits(dtype, logits, causal):
     b, n, h, k, v = 1, 50, 2, 8, 4
     q, _, value = make_inputs(b, n, h, k, v, dtype)
@@ -117,6 +120,7 @@ def test_extreme_logits(dtype, logits, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.slow
 def test_extreme_logits_key_gradient_precision(causal):
     # fp32 inputs, float64 truth: the fp32 normaliser is kept as (max, log-sum), so large logits keep precise dk.
     q, key, value = make_inputs(2, 50, 2, 8, 4, torch.float32, key_scale=1e4)
@@ -129,6 +133,7 @@ def test_extreme_logits_key_gradient_precision(causal):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("use_angles", [False, True], ids=["plain", "angles"])
+@pytest.mark.slow
 def test_padded_tokens_contribute_nothing(use_angles, causal):
     b, n, h, k, v = 1, 20, 2, 6, 5
     q, key, value = (x.detach() for x in make_inputs(b, n, h, k, v, torch.float32))
@@ -146,6 +151,7 @@ def test_padded_tokens_contribute_nothing(use_angles, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.slow
 def test_non_contiguous_inputs(causal):
     base = make_inputs(2, 33, 2, 12, 12, torch.float32)
     # Every other head dim: strided views the op must not read as if they were contiguous.
@@ -171,6 +177,7 @@ def run_split_and_naive(q, k, v, angles, num_splits, lrpe="cosine", do=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("num_splits", [2, 3, 5, 100])
+@pytest.mark.slow
 def test_token_splits_match_naive(num_splits, dtype):
     # 257 tokens are 17 blocks of 16: splits of 9 and 8 blocks, 6, 4 (and 1) blocks, and more splits than blocks.
     q, key, value = make_inputs(2, 257, 1, 10, 6, dtype)
@@ -179,6 +186,7 @@ def test_token_splits_match_naive(num_splits, dtype):
         assert_close(name, ref, out.cpu(), RATIO[dtype])
 
 
+@pytest.mark.slow
 def test_token_splits_with_a_split_of_padded_keys_only():
     # The first split sees nothing but -inf keys in every channel: the merge must give it weight 0, not NaN.
     q, key, value = (x.detach() for x in make_inputs(1, 200, 2, 8, 8, torch.float32))
@@ -193,6 +201,7 @@ def test_token_splits_with_a_split_of_padded_keys_only():
 @pytest.mark.parametrize(
     ("n", "dim_k", "dim_v", "num_splits"), [(63, 16, 8, None), (257, 16, 8, 3), (257, 40, 24, 2), (1, 8, 5, None)]
 )
+@pytest.mark.slow
 def test_rotary_matches_naive(n, dim_k, dim_v, num_splits, dtype):
     # Rotary MD-LRPE through the cosine-form kernels and the host maps of the states, against the dense twin that
     # turns channel pairs with 2x2 rotations. The cosine form of the duplicated angles gives another output. One
@@ -354,6 +363,7 @@ def out_of_resources(*args, **kwargs):
 
 
 @pytest.mark.parametrize("lrpe", ["cosine", "rotary"])
+@pytest.mark.slow
 def test_second_derivatives_through_the_triton_path(lrpe):
     # A gradient penalty (create_graph=True) through impl="triton" equals the PyTorch path's: the backward of the
     # kernels is differentiated through the PyTorch path rather than returning a wrong number.
@@ -488,6 +498,7 @@ def test_out_of_memory_is_not_taken_for_a_kernel_failure(monkeypatch, auto_takes
 
 
 @pytest.mark.parametrize("lrpe", ["cosine", "rotary", "none"])
+@pytest.mark.slow
 def test_custom_ops_pass_torch_library_checks(lrpe):
     # Schema, fake (meta) shapes and strides, autograd registration and AOT dispatch of the registered op.
     q, key, value = (x.detach().to(DEVICE).requires_grad_() for x in make_inputs(2, 20, 2, 8, 4, torch.float32))

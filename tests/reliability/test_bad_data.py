@@ -65,7 +65,7 @@ def skipped_warnings(records) -> list[str]:
     return [str(record.message) for record in records if str(record.message).startswith("skipped")]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_unreadable_files_are_skipped_and_listed_once(messy, num_workers):
     root, bad = messy
     data = ImageFolderDataModule(str(root), **plain(num_workers=num_workers))
@@ -96,6 +96,7 @@ def test_unreadable_files_are_skipped_and_listed_once(messy, num_workers):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.slow
 def test_error_mode_names_the_file(messy, num_workers):
     root, bad = messy
     data = ImageFolderDataModule(str(root), **plain(num_workers=num_workers, on_bad_image="error"))
@@ -252,6 +253,7 @@ def fake_checkpoint(path: Path, num_classes: int, class_names: list[str]) -> Pat
     ],
     ids=["count", "names"],
 )
+@pytest.mark.slow
 def test_a_checkpoint_of_other_classes_fails_before_restoring(
     tmp_path, monkeypatch, num_classes, class_names, expected
 ):

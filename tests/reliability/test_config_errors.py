@@ -48,6 +48,7 @@ MISTAKES = {
 
 
 @pytest.mark.parametrize(("extra", "edit", "key"), MISTAKES.values(), ids=MISTAKES.keys())
+@pytest.mark.slow
 def test_mistake_exits_non_zero_naming_the_key(tmp_path, capsys, extra, edit, key):
     config = edited_debug_config(tmp_path, edit) if edit else str(DEBUG)
     with pytest.raises(SystemExit) as exit_:
@@ -58,6 +59,7 @@ def test_mistake_exits_non_zero_naming_the_key(tmp_path, capsys, extra, edit, ke
     assert key in error
 
 
+@pytest.mark.slow
 def test_the_command_exits_with_status_2(tmp_path):
     # The console entry point itself: what a shell script or a job scheduler sees.
     command = [sys.executable, "-m", "lightnet_vision", "fit", "--config", str(DEBUG), "--trainer.max_epoch", "3"]

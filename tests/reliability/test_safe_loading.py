@@ -67,6 +67,7 @@ def test_load_checkpoint_refuses_naming_the_file_and_the_call(booby_trapped):
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "test"])
+@pytest.mark.slow
 def test_cli_ckpt_path_refuses(booby_trapped, subcommand):
     path, marker = booby_trapped
     with pytest.raises(UnsafeCheckpointError, match=f"refusing to load {path}"):
@@ -75,6 +76,7 @@ def test_cli_ckpt_path_refuses(booby_trapped, subcommand):
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.slow
 def test_cli_passes_weights_only_to_the_trainer(capsys, subcommand):
     with pytest.raises(SystemExit) as exit_:
         build_cli([subcommand, "--config", CLASSIFICATION_DEBUG, "--print_config"])
@@ -133,6 +135,7 @@ def test_our_checkpoints_load_with_weights_only(ema_checkpoint):
         torch.testing.assert_close(value, checkpoint["state_dict"][name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_cli_reads_every_checkpoint_with_weights_only(ema_checkpoint, tmp_path, monkeypatch):
     calls = []
     torch_load = torch.load

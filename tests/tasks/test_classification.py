@@ -155,6 +155,7 @@ def test_predict_step_returns_the_top_class_and_its_probability():
     assert out["probability"] == pytest.approx(logits.softmax(-1).max(-1).values.tolist())
 
 
+@pytest.mark.slow
 def test_fit_logs_the_documented_metrics_and_steps_the_schedule_per_step(tmp_path):
     calls = []
 
