@@ -9,12 +9,15 @@ it fails naming the data, the checkpoint and both numbers.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lightning.pytorch import LightningDataModule
 from torch import nn
 
 from lightnet_vision.checkpoints import load_checkpoint
-from lightnet_vision.models.first_stage import FirstStage
+
+if TYPE_CHECKING:  # diffusers, which the CLI does not need to start
+    from lightnet_vision.models.first_stage import FirstStage
 
 
 def describe_data(datamodule: LightningDataModule) -> str:
@@ -101,7 +104,7 @@ def check_classifier_data(datamodule: LightningDataModule | None, model: nn.Modu
 def check_denoiser_data(
     datamodule: LightningDataModule | None,
     model: nn.Module,
-    first_stage: FirstStage,
+    first_stage: "FirstStage",
     class_conditional: bool,
 ) -> None:
     """Classes, latent channels and latent patch grid of a denoiser against its data and first stage."""
