@@ -1,5 +1,6 @@
 """The `lightnet-vision` command: LightningCLI with the links that keep data and model in agreement."""
 
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -99,4 +100,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
 
 
 def main() -> None:
+    """The console entry point."""
+    # As under `python -m`, modules in the working directory are importable (`class_path: my_module.MyDataModule`);
+    # appended, so that a folder there named like an installed package does not hide it.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     build_cli()
