@@ -14,6 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightnet_vision.callbacks import NonFiniteLoss, PredictionCSVWriter
 from lightnet_vision.checkpoints import unsafe_checkpoint_error
 from lightnet_vision.checks import check_checkpoint_classes
+from lightnet_vision.config_files import resolve_config_args
 from lightnet_vision.plugins import AtomicCheckpointIO
 
 
@@ -84,6 +85,11 @@ class LightNetCLI(LightningCLI):
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
     """The CLI on `args` (the command line when None); with `run=False` it only builds trainer, model and data."""
+    # A --config that is not a file here may name a shipped config (lightnet_vision/config_files.py).
+    if args is None:
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])  # LightningCLI reads the command line itself
+    else:
+        args = resolve_config_args(args)
     return LightNetCLI(
         LightningModule,
         LightningDataModule,

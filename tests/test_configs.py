@@ -23,6 +23,26 @@ CONFIGS = [
     for path in sorted((REPO_ROOT / "configs").rglob("*.yaml"))
     if path.relative_to(REPO_ROOT / "configs").parts[0] in TESTED_FOLDERS
 ]
+
+
+def config_files(config: Path) -> list[Path]:
+    """The files of a config, in command-line order: a size file in `<name>/` follows the recipe `<name>.yaml`
+    (`--config configs/classification/imagenet.yaml --config configs/classification/imagenet/lightnet_small.yaml`)."""
+    recipe = config.parent.with_suffix(".yaml")
+    return [recipe, config] if recipe.is_file() else [config]
+
+
+def config_value(config: Path, *keys: str, default=None):
+    """A key of a config as the command line composes its files: the last file that sets it wins."""
+    value = default
+    for path in config_files(config):
+        node = yaml.safe_load(path.read_text())
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = value if node is None else node
+    return value
+
+
 TINY_TRAINER = (
     "--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto --trainer.precision 32-true "
     "--trainer.enable_progress_bar false"
@@ -32,7 +52,7 @@ TINY_TRAINER = (
 def data_overrides(config: Path, tmp_path: Path, request: pytest.FixtureRequest) -> list[str]:
     """Tiny local stand-ins for the data a config names: nothing is read from data/ or downloaded."""
     data = ["--data.init_args.num_workers", "0"]
-    data_class = yaml.safe_load(config.read_text())["data"]["class_path"].rsplit(".", 1)[-1]
+    data_class = config_value(config, "data", "class_path").rsplit(".", 1)[-1]
     if data_class == "ImageFolderDataModule":
         data += ["--data.init_args.root", str(write_image_folder(tmp_path / "images", splits=("train", "val")))]
     elif data_class == "TorchvisionDataModule":
@@ -59,7 +79,7 @@ def autoencoder_overrides(config: Path, tmp_path: Path, request: pytest.FixtureR
 def diffusion_overrides(config: Path, tmp_path: Path, request: pytest.FixtureRequest) -> list[str]:
     denoiser = "--model.init_args.model.init_args"
     tiny = [f"{denoiser}.hidden_size", "16", f"{denoiser}.depth", "1", f"{denoiser}.num_heads", "2"]
-    if yaml.safe_load(config.read_text())["model"]["init_args"].get("first_stage", "pixel") != "pixel":
+    if config_value(config, "model", "init_args", "first_stage", default="pixel") != "pixel":
         # A pretrained VAE or an autoencoder trained by another config: the tiny autoencoder (4 latent channels).
         _, checkpoint = request.getfixturevalue("tiny_autoencoder")
         tiny += ["--model.init_args.first_stage", str(checkpoint), f"{denoiser}.in_channels", "4"]
@@ -138,8 +158,29 @@ def tiny_latent_cache(tiny_autoencoder, tmp_path_factory) -> Path:
 
 
 def test_configs_are_found():
-    names = {path.name for path in CONFIGS if path.parts[1] == "classification"}
-    assert {"debug.yaml", "digits.yaml", "cifar10_lightnet_tiny.yaml", "imagenet_lightnet_tiny.yaml"} <= names
+    names = {"/".join(path.parts[2:]) for path in CONFIGS if path.parts[1] == "classification"}
+    assert {"debug.yaml", "digits.yaml", "cifar10_lightnet_tiny.yaml", "imagenet.yaml"} <= names
+    assert {"imagenet/lightnet_tiny.yaml", "imagenet/lightnet_small.yaml", "imagenet/lightnet_base.yaml"} <= names
+    assert config_files(REPO_ROOT / "configs/classification/imagenet/lightnet_small.yaml") == [
+        REPO_ROOT / "configs/classification/imagenet.yaml",
+        REPO_ROOT / "configs/classification/imagenet/lightnet_small.yaml",
+    ]
+
+
+def test_every_run_writes_to_its_own_folder():
+    # Sizes of one recipe differ in their run folder, logger and checkpoint folder, never only in the preset.
+    folders = {}
+    for config in CONFIGS:
+        trainer = {key: config_value(REPO_ROOT / config, "trainer", key) for key in ("default_root_dir", "logger")}
+        if trainer["default_root_dir"] is not None:
+            folders.setdefault(trainer["default_root_dir"], []).append(str(config))
+    assert all(len(configs) == 1 for configs in folders.values()), folders
+    for config in CONFIGS:
+        files = [yaml.safe_load(path.read_text()) for path in config_files(REPO_ROOT / config)]
+        callbacks = [c for f in files for c in f["trainer"].get("callbacks", []) + f["trainer"].get("callbacks+", [])]
+        dirpaths = {c["init_args"]["dirpath"] for c in callbacks if "dirpath" in c.get("init_args", {})}
+        root = config_value(REPO_ROOT / config, "trainer", "default_root_dir")
+        assert all(dirpath.startswith(f"{root}/") for dirpath in dirpaths), (config, dirpaths)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -149,8 +190,12 @@ def test_config_instantiates_with_linked_values(config, tmp_path, monkeypatch, r
     monkeypatch.setattr(sys, "argv", ["lightnet-vision"])  # LightningCLI warns about pytest's own command line
     folder = config.parts[1]
     overrides = OVERRIDES[folder](REPO_ROOT / config, tmp_path, request)
-    cli = build_cli(["--config", str(REPO_ROOT / config), *TINY_TRAINER, *overrides], run=False)
+    files = [arg for path in config_files(REPO_ROOT / config) for arg in ("--config", str(path))]
+    cli = build_cli([*files, *TINY_TRAINER, *overrides], run=False)
     CHECKS[folder](cli)
+    # A size file's preset reaches the backbone (its widths are cut by the overrides above, its patch is kept).
+    preset = config_value(REPO_ROOT / config, "model", "init_args", "model", "init_args", "preset")
+    assert preset is None or cli.model.model.preset == preset
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 
@@ -158,5 +203,5 @@ def test_generation_configs_are_found():
     names = {"/".join(path.parts[1:]) for path in CONFIGS}
     assert {"autoencoder/digits.yaml", "diffusion/digits.yaml"} <= names
     # At least one config trains from a latent cache, so the LatentCacheDataModule overrides are exercised.
-    data_classes = {yaml.safe_load((REPO_ROOT / path).read_text())["data"]["class_path"] for path in CONFIGS}
+    data_classes = {config_value(REPO_ROOT / path, "data", "class_path") for path in CONFIGS}
     assert "lightnet_vision.datamodules.LatentCacheDataModule" in data_classes
