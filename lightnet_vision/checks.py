@@ -8,6 +8,8 @@ deep inside a step (or, for a denoiser given one class too many, as a class sile
 it fails naming the data, the checkpoint and both numbers.
 """
 
+import inspect
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +59,51 @@ def check_patch_grid(datamodule: LightningDataModule, side: int, patch_size: int
             f"{describe_data(datamodule)}: {what} {side} is not divisible by the model's patch size {patch_size}; "
             f"use a size that is a multiple of {patch_size} (data.init_args.image_size)"
         )
+
+
+def check_checkpoint_task(ckpt_path: str | Path | None, task_class_path: str | None) -> None:
+    """A checkpoint given to the CLI was saved by the task the config names (or a subclass of it, or its parent).
+
+    The CLI calls it before it merges the checkpoint's hyperparameters into the config, where another task's would
+    fail as a type error the length of the whole config. A checkpoint written through the CLI names its task
+    (`_class_path`); one saved from Python does not, and then its hyperparameters must be arguments of the task."""
+    if ckpt_path is None or task_class_path is None or not Path(ckpt_path).is_file():
+        return
+    hparams = load_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {})
+    task, name = import_class(task_class_path), task_class_path.rsplit(".", 1)[-1]
+    saved = hparams.get("_class_path")
+    if saved is not None:
+        saved_class, saved_name = import_class(saved), saved.rsplit(".", 1)[-1]
+        if saved_class is not None and task is not None:
+            if issubclass(task, saved_class) or issubclass(saved_class, task):
+                return
+        elif saved_name == name:
+            return
+        raise ValueError(
+            f"checkpoint {ckpt_path} was saved by task {saved_name}, this config trains {name}; give --ckpt_path a "
+            f"checkpoint of {name}, or use the checkpoint with a config of {saved_name} ({saved})"
+        )
+    if task is None:
+        return
+    parameters = inspect.signature(task).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    foreign = sorted(key for key in hparams if not key.startswith("_") and key not in parameters)
+    if foreign:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was not saved by task {name}: its hyperparameters {', '.join(foreign[:4])} are "
+            f"not arguments of {name}; give --ckpt_path a checkpoint of {name}"
+        )
+
+
+def import_class(class_path: str) -> type | None:
+    """The class at `module.Name`; None when it cannot be imported."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
 
 
 def check_checkpoint_classes(datamodule: LightningDataModule | None, ckpt_path: str | Path | None) -> None:

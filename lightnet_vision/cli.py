@@ -13,7 +13,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightnet_vision.callbacks import NonFiniteLoss, PredictionCSVWriter
 from lightnet_vision.checkpoints import unsafe_checkpoint_error
-from lightnet_vision.checks import check_checkpoint_classes
+from lightnet_vision.checks import check_checkpoint_classes, check_checkpoint_task
+from lightnet_vision.cli_messages import ShortErrorParser, short_error
 from lightnet_vision.config_files import resolve_config_args
 from lightnet_vision.plugins import AtomicCheckpointIO
 
@@ -33,6 +34,12 @@ class LightNetCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         self._given_args = args
         super().parse_arguments(parser, args)
+        # Before the checkpoint's hyperparameters are merged into the config: another task's fail there as a type
+        # error the length of the config.
+        subcommand = self.config.get("subcommand")
+        if subcommand is not None:
+            config = self.config[subcommand]
+            check_checkpoint_task(config.get("ckpt_path"), getattr(config.get("model"), "class_path", None))
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -83,8 +90,13 @@ class LightNetCLI(LightningCLI):
         return trainer
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
-    """The CLI on `args` (the command line when None); with `run=False` it only builds trainer, model and data."""
+def build_cli(
+    args: list[str] | None = None,
+    run: bool = True,
+    parser_class: type[LightningArgumentParser] = LightningArgumentParser,
+) -> LightNetCLI:
+    """The CLI on `args` (the command line when None); with `run=False` it only builds trainer, model and data.
+    `parser_class=ShortErrorParser` (the console command's) reports a config mistake in two lines."""
     # A --config that is not a file here may name a shipped config (lightnet_vision/config_files.py).
     if args is None:
         sys.argv[1:] = resolve_config_args(sys.argv[1:])  # LightningCLI reads the command line itself
@@ -98,6 +110,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
         save_config_kwargs={"overwrite": True},
         # No argparse prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs.
         parser_kwargs={"allow_abbrev": False},
+        parser_class=parser_class,
         trainer_defaults={"callbacks": [PredictionCSVWriter()]},
         args=args,
         run=run,
@@ -106,9 +119,17 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightNetCLI:
 
 
 def main() -> None:
-    """The console entry point."""
+    """The console entry point. A config mistake, or a file or key our code refuses while building or setting up
+    model and data, is printed in a line or two and exits with status 2 (parsing) or 1, without a traceback; set
+    LIGHTNET_VISION_DEBUG=1 for the full error."""
     # As under `python -m`, modules in the working directory are importable (`class_path: my_module.MyDataModule`);
     # appended, so that a folder there named like an installed package does not hide it.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
-    build_cli()
+    try:
+        build_cli(parser_class=ShortErrorParser)
+    except Exception as error:
+        message = short_error(error)
+        if message is None:
+            raise
+        sys.exit(message)
