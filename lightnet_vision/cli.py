@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightnet_vision.callbacks import NonFiniteLoss, PredictionCSVWriter
 from lightnet_vision.checkpoints import unsafe_checkpoint_error
 from lightnet_vision.checks import check_checkpoint_classes, check_checkpoint_task
-from lightnet_vision.cli_messages import ShortErrorParser, short_error
+from lightnet_vision.cli_messages import ShortErrorParser, help_parser_kwargs, short_error
 from lightnet_vision.config_files import resolve_config_args
 from lightnet_vision.plugins import AtomicCheckpointIO
 
@@ -108,8 +108,12 @@ def build_cli(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        # No argparse prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs.
-        parser_kwargs={"allow_abbrev": False},
+        parser_kwargs={
+            # No argparse prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs.
+            "allow_abbrev": False,
+            # `--help` of the command and of each subcommand ends with how to list the model's and the data's options.
+            **help_parser_kwargs(list(LightNetCLI.subcommands())),
+        },
         parser_class=parser_class,
         trainer_defaults={"callbacks": [PredictionCSVWriter()]},
         args=args,

@@ -1,25 +1,33 @@
-"""What the `lightnet-vision` command prints beyond Lightning's own: a config mistake in one line instead of a
-usage block, a union-type dump or a traceback.
+"""What the `lightnet-vision` command prints beyond Lightning's own: where `--help` leads for the model's and the
+data's options, and a config mistake in one line instead of a usage block, a union-type dump or a traceback.
 
 `LIGHTNET_VISION_DEBUG=1` turns the short errors off: jsonargparse's full message, and every traceback.
 """
 
+import argparse
 import difflib
 import inspect
 import os
 import pickle
 import re
+import textwrap
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightnet_vision.checks import import_class
 
 DEBUG_VARIABLE = "LIGHTNET_VISION_DEBUG"
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+# What `--model`, `--data` and a task's `model` accept from this package (a test checks each is what it says).
+TASKS = ("ImageClassification", "LatentDiffusion", "Autoencoder")
+DATAMODULES = ("DigitsDataModule", "ImageFolderDataModule", "TorchvisionDataModule", "LatentCacheDataModule")
+BACKBONES = ("LightNet", "LightNetDiT", "KLAutoencoder")
 
 # Lines of a jsonargparse error that say how it searched, not what is wrong: the union it tried, the value it was
 # given, and the alternatives nobody meant (no value at all, a config file of that name, another kind of subclass).
@@ -32,6 +40,54 @@ NOISE = re.compile(
 
 def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").lower() not in ("", "0", "false", "no")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's formatter, with the description and epilog printed as written (line breaks kept)."""
+
+
+def subcommand_epilog(subcommand: str) -> str:
+    """The end of `lightnet-vision <subcommand> --help`: how to list the options of the model and the data."""
+    command = f"lightnet-vision {subcommand}"
+    task, data, backbone = TASKS[0], DATAMODULES[0], BACKBONES[0]
+    lines = [
+        "The model's and the data's options depend on the classes chosen; list them with:",
+        f"  {command} --model.help lightnet_vision.tasks.{task}",
+        f"  {command} --data.help lightnet_vision.datamodules.{data}",
+        f"  {command} --model lightnet_vision.tasks.{task} "
+        f"--model.init_args.model.help lightnet_vision.models.{backbone}",
+        f"  {command} --config CONFIG --print_config   (the config with every option filled in)",
+    ]
+    for what, package, names in [
+        ("tasks (--model)", "tasks", TASKS),
+        ("data (--data)", "datamodules", DATAMODULES),
+        ("backbones (--model.init_args.model)", "models", BACKBONES),
+    ]:
+        paths = ", ".join(f"lightnet_vision.{package}.{name}" for name in names)
+        lines.append(textwrap.fill(f"{what}: {paths}", width=100, subsequent_indent="  ", break_on_hyphens=False))
+    lines.append("A module of yours in the working directory is named the same way: --data my_module.MyDataModule.")
+    lines.append(f"{DEBUG_VARIABLE}=1 prints errors in full, with their tracebacks.")
+    return "\n".join(lines)
+
+
+def subcommand_description(subcommand: str) -> str:
+    """The top of `lightnet-vision <subcommand> --help`."""
+    return (
+        f"Lightning's Trainer.{subcommand} on a task (--model) and a DataModule (--data). Their own options are not\n"
+        "listed below: the end of this help says how to list them."
+    )
+
+
+def help_parser_kwargs(subcommands: list[str]) -> dict:
+    """LightningCLI `parser_kwargs` that end `lightnet-vision --help` with `MAIN_EPILOG` and each subcommand's
+    `--help` with its `subcommand_epilog` (the formatter is the main parser's: jsonargparse gives it to each)."""
+    subcommand_kwargs = {
+        name: {"description": subcommand_description(name), "epilog": subcommand_epilog(name)} for name in subcommands
+    }
+    return {"epilog": MAIN_EPILOG, "formatter_class": HelpFormatter, **subcommand_kwargs}
+
+
+MAIN_EPILOG = "The options of a subcommand, and how to list the model's and the data's: lightnet-vision fit --help"
 
 
 class ShortErrorParser(LightningArgumentParser):
