@@ -1,5 +1,6 @@
 """What every image-classification DataModule shares: loaders, prediction on a folder, and the linked attributes."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -31,13 +32,20 @@ def list_images(directory: str | Path) -> list[Path]:
     return paths
 
 
+def default_num_workers() -> int:
+    """Loader workers when a config gives none: one fewer than the cores this process may use (the main process
+    keeps one for the model), at most 4. More workers than cores only makes PyTorch warn, once per loader."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
+
+
 class ImageDataModule(LightningDataModule):
     """Subclasses set `num_classes`, `image_size`, `in_chans`, `class_names` and `eval_transform` in `__init__`
     (the CLI links them into the model) and the `train_set`, `val_set`, `test_set` datasets in `setup`.
 
     Args:
         batch_size: Samples per batch and per process.
-        num_workers: Loader worker processes.
+        num_workers: Loader worker processes; None: one fewer than the available cores, at most 4.
         predict_dir: Folder of images for `predict` (searched recursively).
     """
 
@@ -46,10 +54,10 @@ class ImageDataModule(LightningDataModule):
     in_chans: int
     class_names: list[str] | None
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 4, predict_dir: str | None = None) -> None:
+    def __init__(self, batch_size: int = 64, num_workers: int | None = None, predict_dir: str | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.predict_dir = predict_dir
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

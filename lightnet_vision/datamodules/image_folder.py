@@ -1,5 +1,6 @@
 """Your own images, or ImageNet: `root/train/<class>/*`, `root/val/<class>/*` and optionally `root/test/<class>/*`."""
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from lightnet_vision.datamodules import transforms
 from lightnet_vision.datamodules.datasets import ImageFileDataset
 from lightnet_vision.datamodules.image_datamodule import ImageDataModule
+from lightnet_vision.datamodules.images import UnreadableImageError, load_image
 from lightnet_vision.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, compose
 
 
@@ -37,7 +39,7 @@ class ImageFolderDataModule(ImageDataModule):
         mean: Per-channel mean for normalisation (of 0-1 pixel values).
         std: Per-channel standard deviation for normalisation.
         batch_size: Samples per batch and per process.
-        num_workers: Loader worker processes.
+        num_workers: Loader worker processes; None: one fewer than the available cores, at most 4.
         predict_dir: Folder of images for `predict`.
         on_bad_image: "skip" an image file that cannot be decoded (listed in one warning) or stop with an "error"
             naming it. Images to predict on always fail with an error: a prediction is never silently dropped.
@@ -53,7 +55,7 @@ class ImageFolderDataModule(ImageDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         predict_dir: str | None = None,
         on_bad_image: Literal["skip", "error"] = "skip",
     ) -> None:
@@ -93,6 +95,26 @@ class ImageFolderDataModule(ImageDataModule):
         self.train_set = self._split("train", self.train_transform)
         self.val_set = self._split("val", self.eval_transform)
         self.test_set = self._split("test", self.eval_transform) if (self.root / "test").is_dir() else None
+        self._check_transform_size(self.train_transform, "data.train_transforms")
+        self._check_transform_size(self.eval_transform, "data.eval_transforms")
+
+    def _check_transform_size(self, transform: Any, key: str) -> None:
+        """Warns, naming both sizes, when `transform` makes the first readable training image another size than
+        `image_size`, the size the model is built for: a size written in the config's transforms would otherwise
+        train or evaluate at another resolution without a word. A copy of the transform is applied, so that the
+        random state of the one the loaders use does not move."""
+        for path, _ in self.train_set.samples[:10]:
+            try:
+                image = load_image(path, self.in_chans)
+            except UnreadableImageError:
+                continue
+            height, width = copy.deepcopy(transform)(image=image)["image"].shape[-2:]
+            if (height, width) != (self.image_size, self.image_size):
+                rank_zero_warn(
+                    f"{key} give {height}x{width} images but data.image_size is {self.image_size}, the size the model"
+                    f" is built for; give the transforms size {self.image_size}, or set image_size to theirs"
+                )
+            return
 
     def _split(self, split: str, transform) -> ImageFileDataset | None:
         directory = self.root / split

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightnet_vision.datamodules.image_datamodule import ImageDataModule, ResumableRandomSampler
+from lightnet_vision.datamodules.image_datamodule import ImageDataModule, ResumableRandomSampler, default_num_workers
 from lightnet_vision.models.first_stage import FirstStage
 
 
@@ -121,7 +121,7 @@ class LatentCacheDataModule(LightningDataModule):
         shard_size: Latents per shard.
         encode_batch_size: Images per encoder batch while building the cache.
         batch_size: Samples per batch and per process.
-        num_workers: Loader worker processes.
+        num_workers: Loader worker processes; None: one fewer than the available cores, at most 4.
     """
 
     def __init__(
@@ -133,7 +133,7 @@ class LatentCacheDataModule(LightningDataModule):
         shard_size: int = 10_000,
         encode_batch_size: int = 64,
         batch_size: int = 32,
-        num_workers: int = 4,
+        num_workers: int | None = None,
     ) -> None:
         super().__init__()
         self.cache_dir = Path(cache_dir)
@@ -143,7 +143,7 @@ class LatentCacheDataModule(LightningDataModule):
         self.shard_size = shard_size
         self.encode_batch_size = encode_batch_size
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         index = self._read_index()
         if index is None and source is None:
             raise FileNotFoundError(

@@ -45,7 +45,7 @@ class TorchvisionDataModule(ImageDataModule):
         seed: Seed of the train/val split.
         augment: Pad-and-crop (4 px at native size) and, where it makes sense, horizontal flips.
         batch_size: Samples per batch and per process.
-        num_workers: Loader worker processes.
+        num_workers: Loader worker processes; None: one fewer than the available cores, at most 4.
         predict_dir: Folder of images for `predict`.
     """
 
@@ -59,7 +59,7 @@ class TorchvisionDataModule(ImageDataModule):
         seed: int = 0,
         augment: bool = True,
         batch_size: int = 128,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         predict_dir: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, predict_dir)

@@ -1,12 +1,16 @@
 """ImageFolderDataModule on a tiny folder of mixed-mode, mixed-size images written by the test."""
 
+import inspect
+import os
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from classification_helpers import CLASS_LEVELS, IMAGE_FORMATS, write_image_folder
 from PIL import Image
 
-from lightnet_vision.datamodules import ImageFolderDataModule
+from lightnet_vision.datamodules import ImageFolderDataModule, LatentCacheDataModule, TorchvisionDataModule
 from lightnet_vision.datamodules.images import load_image
 
 CLASSES = sorted(CLASS_LEVELS)
@@ -119,3 +123,46 @@ def test_yaml_transform_without_p_always_applies(folder):
     assert image.shape[:2] != (8, 8)
     for _ in range(20):
         assert data.eval_transform(image=image)["image"].shape == (3, 8, 8)
+
+
+def test_a_transform_of_another_size_warns_naming_both_sizes(folder):
+    # The model is built for image_size (16); a crop size written in the config's transforms trains at 8x8.
+    crop = {"__class_fullname__": "RandomResizedCrop", "size": [8, 8]}
+    data = ImageFolderDataModule(str(folder), image_size=16, train_transforms=[crop], **plain())
+    with pytest.warns(UserWarning, match="data.train_transforms give 8x8 images but data.image_size is 16") as caught:
+        data.setup("fit")
+    assert not any("data.eval_transforms" in str(warning.message) for warning in caught)
+
+
+def test_transforms_of_image_size_do_not_warn_nor_move_the_random_state(folder, recwarn):
+    data = ImageFolderDataModule(str(folder), image_size=16, **plain())
+    state = data.train_transform.random_generator.bit_generator.state
+    py_state = data.train_transform.py_random.getstate()
+    data.setup("fit")
+    assert not [warning for warning in recwarn if "transforms give" in str(warning.message)]
+    # The check ran a copy: the loaders' augmentations are the ones they would have been without it.
+    assert data.train_transform.random_generator.bit_generator.state == state
+    assert data.train_transform.py_random.getstate() == py_state
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 1), (3, 2), (64, 4)])
+def test_num_workers_defaults_to_the_cores_left_at_most_4(folder, monkeypatch, cores, workers):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert ImageFolderDataModule(str(folder)).num_workers == workers
+    assert ImageFolderDataModule(str(folder), num_workers=3).num_workers == 3
+
+
+@pytest.mark.parametrize("datamodule", [ImageFolderDataModule, TorchvisionDataModule, LatentCacheDataModule])
+def test_no_datamodule_fixes_its_own_worker_count(datamodule):
+    assert inspect.signature(datamodule).parameters["num_workers"].default is None
+
+
+def test_a_two_core_machine_gets_no_worker_warning(folder, monkeypatch):
+    # PyTorch warns once per loader when it is asked for more workers than the cores it may use (4 on 2, before).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    data = ImageFolderDataModule(str(folder), image_size=16, **{**plain(), "num_workers": None})
+    data.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, _ = next(iter(data.val_dataloader()))
+    assert data.num_workers == 1 and images.shape[-2:] == (16, 16)
