@@ -4,7 +4,8 @@ A `.ckpt` file is a pickle, and unpickling can call any importable function: a f
 it on load. `torch.load(weights_only=True)` only rebuilds tensors and plain data (dicts, lists, strings, numbers and
 a short list of torch types), which is everything a checkpoint of this project holds: weights, optimizer and
 callback states, and the hyperparameters as the config wrote them. Every checkpoint this package reads goes through
-`load_checkpoint`; the CLI passes `weights_only=True` to the Trainer as well (see `lightnet_vision/cli.py`).
+`load_checkpoint`; the CLI passes `weights_only=True` to the Trainer as well (see `CheckpointConfigCLI` in
+`lightnet_vision/lightning_compat.py`).
 """
 
 import pickle

@@ -1,25 +1,22 @@
 """The `lightnet-vision` command: LightningCLI with the links that keep data and model in agreement."""
 
 import os
-import pickle
 import sys
-from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightnet_vision.callbacks import NonFiniteLoss, PredictionCSVWriter
-from lightnet_vision.checkpoints import unsafe_checkpoint_error
 from lightnet_vision.checks import check_checkpoint_classes, check_checkpoint_task
 from lightnet_vision.cli_messages import ShortErrorParser, help_parser_kwargs, short_error
 from lightnet_vision.config_files import resolve_config_args
+from lightnet_vision.lightning_compat import CheckpointConfigCLI
 from lightnet_vision.plugins import AtomicCheckpointIO
 
 
-class LightNetCLI(LightningCLI):
+class LightNetCLI(CheckpointConfigCLI):
     """LightningCLI with the data-to-model links, where a checkpoint's hyperparameters never override what the
     user typed: defaults < checkpoint (`--ckpt_path`) < config files < command line.
 
@@ -28,11 +25,11 @@ class LightNetCLI(LightningCLI):
     (`NonFiniteLoss("stop")`, unless the config lists a `NonFiniteLoss` of its own, e.g. with `action: skip`).
 
     Checkpoints are read with `weights_only=True` (the default of `--weights_only`): one that carries pickled code
-    is refused with an `UnsafeCheckpointError` naming it, and the code never runs.
+    is refused with an `UnsafeCheckpointError` naming it, and the code never runs. That and the order of the config
+    come from `CheckpointConfigCLI`, which reaches into Lightning's CLI (lightnet_vision/lightning_compat.py).
     """
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        self._given_args = args
         super().parse_arguments(parser, args)
         # Before the checkpoint's hyperparameters are merged into the config: another task's fail there as a type
         # error the length of the config.
@@ -40,29 +37,6 @@ class LightNetCLI(LightningCLI):
         if subcommand is not None:
             config = self.config[subcommand]
             check_checkpoint_task(config.get("ckpt_path"), getattr(config.get("model"), "class_path", None))
-
-    def _parse_ckpt_path(self) -> None:
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        try:
-            super()._parse_ckpt_path()  # the checkpoint's hyperparameters over the parsed config
-        except pickle.UnpicklingError as error:  # Lightning reads it with weights_only=True
-            raise unsafe_checkpoint_error(ckpt_path, error) from error
-        given = self._given_args
-        if isinstance(given, (dict, Namespace)):
-            self.config = self.parser.parse_object(given, self.config)
-        else:
-            self.config = self.parser.parse_args(sys.argv[1:] if given is None else given, namespace=self.config)
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        # The Trainer's own `weights_only=None` lets torch.load run pickled code in remote (http) checkpoints, and in
-        # any checkpoint before torch 2.6.
-        if "weights_only" in self._subcommand_method_arguments[subcommand]:
-            parser.set_defaults(weights_only=True)
-        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Values the data decides are linked into the model, never typed twice in a config. A link whose target

@@ -118,9 +118,12 @@ class EMAProbe(Callback):
     @staticmethod
     def _snapshot(trainer: Trainer, pl_module: LightningModule) -> dict:
         (ema,) = [callback for callback in trainer.callbacks if isinstance(callback, WeightAveraging)]
+        # The averaged weights as the callback writes them into a checkpoint's state_dict.
+        checkpoint = {"state_dict": {}}
+        ema.on_save_checkpoint(trainer, pl_module, checkpoint)
         return {
             "step": trainer.global_step,
-            "average": clone_state(ema._average_model.module),
+            "average": {name: value.detach().clone() for name, value in checkpoint["state_dict"].items()},
             "current": clone_state(pl_module),
         }
 

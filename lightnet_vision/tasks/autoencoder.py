@@ -7,9 +7,10 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightnet_vision.lightning_compat import restore_train_loader_position, train_loader_states
 from lightnet_vision.models.autoencoder import KLAutoencoder
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable, restore_train_loader_position, train_loader_states
+from lightnet_vision.tasks.optim import OptimizerCallable
 
 
 def _adam(params: list) -> Optimizer:

@@ -10,14 +10,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from lightnet_vision.checks import check_classifier_data
+from lightnet_vision.lightning_compat import restore_train_loader_position, train_loader_states
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import (
-    OptimizerCallable,
-    SchedulerCallable,
-    configure_optimizers,
-    restore_train_loader_position,
-    train_loader_states,
-)
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
 from lightnet_vision.tasks.schedules import WarmupCosineLR
 
 

@@ -13,15 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightnet_vision.checks import check_denoiser_data
 from lightnet_vision.diffusion import GaussianDiffusion
 from lightnet_vision.diffusion.gaussian import Sampler
+from lightnet_vision.lightning_compat import restore_train_loader_position, train_loader_states
 from lightnet_vision.models.first_stage import FirstStage
 from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import (
-    OptimizerCallable,
-    SchedulerCallable,
-    configure_optimizers,
-    restore_train_loader_position,
-    train_loader_states,
-)
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
 
 
 def _adamw(params: list) -> Optimizer:

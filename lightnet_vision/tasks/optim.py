@@ -3,8 +3,7 @@
 import math
 from collections.abc import Callable
 
-from lightning.fabric.utilities.data import _set_sampler_epoch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -40,32 +39,3 @@ def configure_optimizers(
     steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
     scheduler = lr_scheduler(built, total_steps, steps_per_epoch)
     return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def train_loader_states(checkpoint: dict) -> list[dict]:
-    """The states of the training loaders in a checkpoint (none for a loader without `state_dict`)."""
-    return checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
-
-
-def restore_train_loader_position(trainer: Trainer, states: list[dict]) -> None:
-    """Put a resumed fit's training loader back where the checkpoint left it, mid-epoch.
-
-    Called from `on_train_start`, with the `states` that `on_load_checkpoint` found. Lightning 2.6 gets this only
-    partly right:
-
-    - When `configure_optimizers` asks for `estimated_stepping_batches`, the loader is set up before the
-      checkpoint's loop state is restored, and the saved state never reaches it (Lightning issue #20550).
-    - Otherwise the state reaches the loader, but the loader's iterator starts before the sampler's epoch is set.
-      Under DDP, a DistributedSampler would then replay the first epoch's order in a later epoch.
-
-    Here, after the restore and before the first batch, the state is loaded, the epoch set, and the iterator
-    restarted from them, as Lightning's own fix under review does (pull request #21765).
-    """
-    fit_loop = trainer.fit_loop
-    if not states or fit_loop._combined_loader is None or fit_loop._data_fetcher is None:
-        return
-    fit_loop._combined_loader._load_state_dicts(states)
-    fit_loop._combined_loader_states_to_load = []  # loaded here, not a second time by Lightning
-    for loader in fit_loop._combined_loader.flattened:
-        _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
-    iter(fit_loop._data_fetcher)
