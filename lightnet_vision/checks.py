@@ -1,15 +1,14 @@
 """Agreement between the data and the network, checked before the first step: by the tasks' `setup`, and for a
 checkpoint given to the CLI (`--ckpt_path`), by the CLI once it has built model and data.
 
-The CLI links the DataModule's `num_classes`, `in_chans` and `image_size` into the backbone, so they disagree only
-when a config sets one of them by hand, when a task built in Python meets other data, or when a checkpoint trained
-on one dataset is resumed, tested or used to predict on another. Each case would otherwise surface as a shape error
-deep inside a step (or, for a denoiser given one class too many, as a class silently trained as "no class"); here
-it fails naming the data, the checkpoint and both numbers.
+The CLI sets the backbone's classes, channels and size from the DataModule's `data_info`
+(lightnet_vision/contract.py), so they disagree only when a task built in Python meets other data, or when a
+checkpoint trained on one dataset is resumed, tested or used to predict on another. Each case would otherwise
+surface as a shape error deep inside a step (or, for a denoiser given one class too many, as a class silently
+trained as "no class"); here it fails naming the data, the checkpoint and both numbers.
 """
 
 import inspect
-from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,8 @@ from lightning.pytorch import LightningDataModule
 from torch import nn
 
 from lightnet_vision.checkpoints import load_checkpoint
+from lightnet_vision.contract import import_class
+from lightnet_vision.datamodules.data_info import DataInfo
 
 if TYPE_CHECKING:  # diffusers, which the CLI does not need to start
     from lightnet_vision.models.first_stage import FirstStage
@@ -31,14 +32,20 @@ def describe_data(datamodule: LightningDataModule) -> str:
     return type(datamodule).__name__
 
 
+def data_info_of(datamodule: LightningDataModule) -> DataInfo | None:
+    """The DataModule's description of its data; None for a DataModule that gives none."""
+    return getattr(datamodule, "data_info", None)
+
+
 def check_classes(datamodule: LightningDataModule, model: nn.Module) -> None:
     """The data's `num_classes` equals the network's."""
-    data_classes, model_classes = getattr(datamodule, "num_classes", None), getattr(model, "num_classes", None)
+    info = data_info_of(datamodule)
+    data_classes, model_classes = info and info.num_classes, getattr(model, "num_classes", None)
     if data_classes is not None and model_classes is not None and data_classes != model_classes:
         raise ValueError(
             f"{describe_data(datamodule)} has {data_classes} classes but the model {type(model).__name__} has "
-            f"num_classes={model_classes}; leave the backbone's num_classes out of the config so the CLI links it "
-            "from the data, or point the data at the dataset the model was made for"
+            f"num_classes={model_classes}; build the backbone with num_classes={data_classes} (the CLI sets it from "
+            "the data), or point the data at the dataset the model was made for"
         )
 
 
@@ -96,16 +103,6 @@ def check_checkpoint_task(ckpt_path: str | Path | None, task_class_path: str | N
         )
 
 
-def import_class(class_path: str) -> type | None:
-    """The class at `module.Name`; None when it cannot be imported."""
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        found = getattr(import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return found if isinstance(found, type) else None
-
-
 def check_checkpoint_classes(datamodule: LightningDataModule | None, ckpt_path: str | Path | None) -> None:
     """A checkpoint about to be restored was trained on the data's classes (by count, and by name where both
     record names), read from the hyperparameters it saved; nothing to check without a local checkpoint file.
@@ -117,13 +114,15 @@ def check_checkpoint_classes(datamodule: LightningDataModule | None, ckpt_path: 
     hparams = load_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {})
     backbone = hparams.get("model")
     init_args = backbone.get("init_args", {}) if isinstance(backbone, dict) else {}
-    trained, data_classes = init_args.get("num_classes"), getattr(datamodule, "num_classes", None)
+    info = data_info_of(datamodule)
+    trained_info = DataInfo.coerce(hparams["data_info"]).as_dict() if hparams.get("data_info") else {}
+    trained, data_classes = init_args.get("num_classes"), info and info.num_classes
     if trained is not None and data_classes is not None and trained != data_classes:
         raise ValueError(
             f"checkpoint {ckpt_path} was trained on {trained} classes but {describe_data(datamodule)} has "
             f"{data_classes}"
         )
-    trained_names, data_names = hparams.get("class_names"), getattr(datamodule, "class_names", None)
+    trained_names, data_names = trained_info.get("class_names"), info and info.class_names
     if trained_names and data_names and list(trained_names) != list(data_names):
         pairs = zip(trained_names, data_names, strict=False)
         first = next((i for i, (trained_name, name) in enumerate(pairs) if trained_name != name), None)
@@ -141,11 +140,12 @@ def check_classifier_data(datamodule: LightningDataModule | None, model: nn.Modu
     """Classes, channels and patch grid of an image classifier against its data."""
     if datamodule is None:  # dataloaders given directly: nothing describes them
         return
+    info = data_info_of(datamodule)
+    if info is None:
+        return
     check_classes(datamodule, model)
-    check_channels(datamodule, getattr(model, "in_chans", None), getattr(datamodule, "in_chans", None), "images")
-    image_size = getattr(datamodule, "image_size", None)
-    if image_size is not None:
-        check_patch_grid(datamodule, image_size, getattr(model, "patch_size", None), "the image size")
+    check_channels(datamodule, getattr(model, "in_chans", None), info.in_chans, "images")
+    check_patch_grid(datamodule, info.image_size, getattr(model, "patch_size", None), "the image size")
 
 
 def check_denoiser_data(
@@ -155,16 +155,17 @@ def check_denoiser_data(
     class_conditional: bool,
 ) -> None:
     """Classes, latent channels and latent patch grid of a denoiser against its data and first stage."""
-    if datamodule is None:
+    info = data_info_of(datamodule)
+    if info is None:
         return
     if class_conditional:
         check_classes(datamodule, model)
-    in_chans = getattr(datamodule, "in_chans", None)
+    in_chans = info.in_chans
     if first_stage.latent_channels is None:
         check_channels(datamodule, getattr(model, "in_channels", None), in_chans, "images")
     else:
         check_channels(datamodule, getattr(model, "in_channels", None), first_stage.latent_channels, "latents")
-    image_size, factor = getattr(datamodule, "image_size", None), first_stage.downsample_factor
+    image_size, factor = info.image_size, first_stage.downsample_factor
     if image_size is not None:
         if image_size % factor:
             raise ValueError(

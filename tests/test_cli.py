@@ -27,7 +27,7 @@ def _no_pytest_argv(monkeypatch):
 
 def run(subcommand: str, root: Path, *extra: str):
     """The CLI on debug.yaml with every output under `root`."""
-    outputs = ["--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root)]
+    outputs = ["--trainer.default_root_dir", str(root)]
     return build_cli([subcommand, "--config", DEBUG, *QUIET, *outputs, *extra])
 
 
@@ -38,7 +38,7 @@ def fitted(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", ["lightnet-vision"])
         cli = run("fit", root)
-    (checkpoint,) = root.rglob("*.ckpt")
+    (checkpoint,) = [path for path in root.rglob("*.ckpt") if path.name != "last.ckpt"]
     return cli, checkpoint
 
 

@@ -126,16 +126,17 @@ def check_diffusion(cli) -> None:
     data, task, denoiser = cli.datamodule, cli.model, cli.model.model
     assert isinstance(task, LatentDiffusion)
     assert denoiser.x_embedder.proj.out_channels == 16 and len(denoiser.blocks) == 1
-    assert denoiser.num_classes == data.num_classes
-    assert task.class_names == data.class_names
-    assert task.image_size == data.image_size
+    info = data.data_info
+    assert denoiser.num_classes == info.num_classes
+    assert task.data_info == info and task.class_names == info.class_names
     first_stage = task.first_stage
+    assert denoiser.input_size == info.image_size // first_stage.downsample_factor
     if first_stage.vae is None:
-        assert denoiser.in_channels == data.in_chans
+        assert denoiser.in_channels == info.in_chans
     else:
         assert denoiser.in_channels == first_stage.latent_channels
     if isinstance(data, LatentCacheDataModule):
-        assert (data.num_classes, data.image_size) == (10, 8)  # read from the index.json of the tiny digits cache
+        assert (info.num_classes, info.image_size) == (10, 8)  # read from the index.json of the tiny digits cache
     # The config's patch size fits its latent size: one latent runs through the denoiser.
     channels, height, width = task.latent_shape()
     latents = torch.zeros(1, channels, height, width)

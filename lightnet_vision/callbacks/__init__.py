@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from lightnet_vision.callbacks.nonfinite_loss import NonFiniteLoss, NonFiniteLossError
     from lightnet_vision.callbacks.prediction_csv import PredictionCSVWriter
     from lightnet_vision.callbacks.sample_images import SampleImages
+    from lightnet_vision.callbacks.sample_writer import SampleWriter
 
 # Imported on first use, so that the CLI loads only the callbacks it installs.
 __getattr__, __dir__ = lazy_exports(
@@ -19,7 +20,8 @@ __getattr__, __dir__ = lazy_exports(
         "NonFiniteLossError": "nonfinite_loss",
         "PredictionCSVWriter": "prediction_csv",
         "SampleImages": "sample_images",
+        "SampleWriter": "sample_writer",
     },
 )
 
-__all__ = ["FID", "NonFiniteLoss", "NonFiniteLossError", "PredictionCSVWriter", "SampleImages"]
+__all__ = ["FID", "NonFiniteLoss", "NonFiniteLossError", "PredictionCSVWriter", "SampleImages", "SampleWriter"]

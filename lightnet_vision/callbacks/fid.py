@@ -5,6 +5,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from lightnet_vision.callbacks.protocols import SampleGenerator, require
+
 
 class FID(Callback):
     """At each validation, every image batch is matched by as many samples for the same labels; the Fréchet
@@ -56,8 +58,8 @@ class FID(Callback):
             return
         images, labels = batch
         generator = torch.Generator().manual_seed(batch_idx + 1_000_003 * trainer.global_rank)
-        conditional = getattr(pl_module, "class_conditional", True)
-        fake = pl_module.generate(labels if conditional else None, images.shape[0], generator)
+        require(pl_module, SampleGenerator, "FID")
+        fake = pl_module.generate(labels if pl_module.class_conditional else None, images.shape[0], generator)
         self.metric.update(self._unit(images), real=True)
         self.metric.update(self._unit(fake), real=False)
 

@@ -7,6 +7,8 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lightnet_vision.callbacks.protocols import NamedClasses
+
 
 class PredictionCSVWriter(BasePredictionWriter):
     """Collects what `predict_step` returns (`paths`, `index`, `probability`) and writes it once at the end.
@@ -21,7 +23,7 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices) -> None:
         rows = []
-        names = getattr(pl_module, "class_names", None)
+        names = pl_module.class_names if isinstance(pl_module, NamedClasses) else None
         for batch in predictions:
             if not isinstance(batch, dict) or "paths" not in batch:
                 return  # not a classification prediction

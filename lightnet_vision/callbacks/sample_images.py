@@ -8,6 +8,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from lightnet_vision.callbacks.protocols import SampleGenerator, require
+
 
 class SampleImages(Callback):
     """Every `every_n_steps` training steps, a grid of samples: one row per class, `samples_per_class` columns.
@@ -53,9 +55,10 @@ class SampleImages(Callback):
         self._last_step = state_dict["last_step"]
 
     def labels(self, pl_module: LightningModule) -> torch.Tensor | None:
-        if not getattr(pl_module, "class_conditional", True):
+        require(pl_module, SampleGenerator, "SampleImages")
+        if not pl_module.class_conditional:
             return None
-        num_classes = pl_module.model.num_classes
+        num_classes = pl_module.num_classes
         classes = self.classes if self.classes is not None else list(range(min(self.num_rows, num_classes)))
         return torch.tensor([c for c in classes for _ in range(self.samples_per_class)], device=pl_module.device)
 

@@ -46,6 +46,7 @@ class DigitsDataModule(ImageDataModule):
         self.in_chans = 1
         self.num_classes = 10
         self.class_names = [str(digit) for digit in range(10)]
+        self.mean, self.std = list(mean), list(std)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed

@@ -1,16 +1,16 @@
-"""What every image-classification DataModule shares: loaders, prediction on a folder, and the linked attributes."""
+"""What every image DataModule shares: loaders, prediction on a folder, and the description of its data."""
 
 import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader import sampler as torchdata_sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from lightnet_vision.datamodules.data_info import DataInfo
 from lightnet_vision.datamodules.datasets import UnlabeledImageFiles
 
 
@@ -40,8 +40,9 @@ def default_num_workers() -> int:
 
 
 class ImageDataModule(LightningDataModule):
-    """Subclasses set `num_classes`, `image_size`, `in_chans`, `class_names` and `eval_transform` in `__init__`
-    (the CLI links them into the model) and the `train_set`, `val_set`, `test_set` datasets in `setup`.
+    """Subclasses set `image_size`, `in_chans`, `num_classes`, `class_names` (and `mean`, `std` when they
+    normalise) and `eval_transform` in `__init__`, and the `train_set`, `val_set`, `test_set` datasets in `setup`.
+    `data_info` gathers the first six: the CLI hands it to the task, which sets its backbone from it.
 
     Args:
         batch_size: Samples per batch and per process.
@@ -49,10 +50,12 @@ class ImageDataModule(LightningDataModule):
         predict_dir: Folder of images for `predict` (searched recursively).
     """
 
-    num_classes: int
     image_size: int
     in_chans: int
-    class_names: list[str] | None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __init__(self, batch_size: int = 64, num_workers: int | None = None, predict_dir: str | None = None) -> None:
         super().__init__()
@@ -62,6 +65,13 @@ class ImageDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    @property
+    def data_info(self) -> DataInfo:
+        """The description of this data the task and its backbone are set from."""
+        listed = [None if values is None else [float(x) for x in values] for values in (self.mean, self.std)]
+        names = None if self.class_names is None else list(self.class_names)
+        return DataInfo(self.image_size, self.in_chans, self.num_classes, names, *listed)
 
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
@@ -99,10 +109,7 @@ class ImageDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dir is None:
-            # Without a folder, the task says what to predict (a generator: which classes to sample).
-            task = self.trainer.lightning_module if self.trainer is not None else None
-            if task is not None and is_overridden("predict_dataloader", task):
-                return task.predict_dataloader()
+            # A generator's `predict` samples from the task's own loader: the CLI leaves the data out there.
             raise ValueError(f"set data.predict_dir to a folder of images to predict with {type(self).__name__}")
         images = UnlabeledImageFiles(list_images(self.predict_dir), self.eval_transform, self.in_chans)
         return self._loader(images, "predict")

@@ -72,13 +72,16 @@ class ImageFolderDataModule(ImageDataModule):
         self._last_epoch: int | None = None
         if len(mean) != in_chans or len(std) != in_chans:
             raise ValueError(f"mean {mean} and std {std} must have in_chans={in_chans} values")
+        self.mean, self.std = list(mean), list(std)
         train_dir = self.root / "train"
-        if not train_dir.is_dir():
+        if train_dir.is_dir():
+            self.class_names = sorted(entry.name for entry in train_dir.iterdir() if entry.is_dir())
+            if not self.class_names:
+                raise FileNotFoundError(f"no class folders in {train_dir}: expected {train_dir}/<class>/<images>")
+            self.num_classes = len(self.class_names)
+        elif predict_dir is None:
             raise FileNotFoundError(f"{train_dir} does not exist: expected {self.root}/train/<class>/<images>")
-        self.class_names = sorted(entry.name for entry in train_dir.iterdir() if entry.is_dir())
-        if not self.class_names:
-            raise FileNotFoundError(f"no class folders in {train_dir}: expected {train_dir}/<class>/<images>")
-        self.num_classes = len(self.class_names)
+        # Else only predicting: the classes come from the checkpoint, no training tree is needed.
         if train_transforms is None:
             train_transforms = transforms.deit_train_transforms(image_size)
         if eval_transforms is None:
@@ -92,6 +95,8 @@ class ImageFolderDataModule(ImageDataModule):
                 "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on: truncated image files will be read with their missing part"
                 " filled in grey instead of being reported as unreadable"
             )
+        if stage == "predict":
+            return  # the predict loader reads data.predict_dir alone
         self.train_set = self._split("train", self.train_transform)
         self.val_set = self._split("val", self.eval_transform)
         self.test_set = self._split("test", self.eval_transform) if (self.root / "test").is_dir() else None

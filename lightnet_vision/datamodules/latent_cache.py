@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightnet_vision.datamodules.data_info import DataInfo
 from lightnet_vision.datamodules.image_datamodule import ImageDataModule, ResumableRandomSampler, default_num_workers
 from lightnet_vision.models.first_stage import FirstStage
 
@@ -110,13 +111,14 @@ class LatentShards(Dataset):
 
 
 class LatentCacheDataModule(LightningDataModule):
-    """Trains latent diffusion from a cache; builds the cache first when it is missing and a source is given.
+    """Trains latent diffusion from a cache; the cache is built first when it is missing and a source is given.
+
+    The first stage belongs to the task (`LatentDiffusion(first_stage=...)`), named once in a config: the task
+    builds a missing cache with it in its `prepare_data` (`build_cache`), and refuses a cache encoded by another.
 
     Args:
         cache_dir: The cache folder.
         source: The image DataModule to encode (only needed to build the cache).
-        first_stage: The first stage to encode with (see `FirstStage.load`); None uses the task's own first stage,
-            so a config names it once.
         flips: Also store every image flipped horizontally.
         shard_size: Latents per shard.
         encode_batch_size: Images per encoder batch while building the cache.
@@ -128,7 +130,6 @@ class LatentCacheDataModule(LightningDataModule):
         self,
         cache_dir: str,
         source: ImageDataModule | None = None,
-        first_stage: str | None = None,
         flips: bool = True,
         shard_size: int = 10_000,
         encode_batch_size: int = 64,
@@ -138,7 +139,6 @@ class LatentCacheDataModule(LightningDataModule):
         super().__init__()
         self.cache_dir = Path(cache_dir)
         self.source = source
-        self.first_stage = first_stage
         self.flips = flips
         self.shard_size = shard_size
         self.encode_batch_size = encode_batch_size
@@ -149,35 +149,40 @@ class LatentCacheDataModule(LightningDataModule):
             raise FileNotFoundError(
                 f"no latent cache at {self.cache_dir} (index.json missing); give data.source to build it"
             )
-        described = index or {
-            "num_classes": source.num_classes,
-            "class_names": source.class_names,
-            "image_size": source.image_size,
-            "in_chans": source.in_chans,
-        }
-        self.num_classes = described["num_classes"]
-        self.class_names = described["class_names"]
-        self.image_size = described["image_size"]
-        self.in_chans = described["in_chans"]
+        self.index = index
         self.train_set: LatentShards | None = None
         self.val_set: LatentShards | None = None
+
+    @property
+    def data_info(self) -> DataInfo:
+        """The images the latents were encoded from (the task maps them to latents through its first stage)."""
+        if self.index is None:
+            return self.source.data_info
+        keys = ("image_size", "in_chans", "num_classes", "class_names")
+        return DataInfo(**{key: self.index[key] for key in keys})
 
     def _read_index(self) -> dict | None:
         path = self.cache_dir / "index.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def prepare_data(self) -> None:
-        if self._read_index() is not None:
+    def build_cache(self, first_stage: FirstStage, first_stage_name: str) -> None:
+        """Encodes the source into the cache if there is none yet, else checks the cache was encoded by this first
+        stage (by latent scale, and by name where the cache records one). Called by the task that owns the first
+        stage, on one process."""
+        index = self._read_index()
+        if index is not None:
+            recorded_name, recorded_scale = index.get("first_stage"), index.get("latent_scale")
+            other_name = bool(recorded_name) and recorded_name != first_stage_name
+            other_scale = recorded_scale is not None and abs(recorded_scale - first_stage.scale) > 1e-6 * recorded_scale
+            if other_name or other_scale:
+                raise ValueError(
+                    f"the latent cache {self.cache_dir} was encoded by first stage {index.get('first_stage')!r} "
+                    f"(scale {index.get('latent_scale')}), the task uses {first_stage_name!r} (scale "
+                    f"{first_stage.scale}); point data.cache_dir at a new folder to encode it again"
+                )
             return
         rank_zero_info(f"encoding {type(self.source).__name__} into the latent cache {self.cache_dir} ...")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        task = self.trainer.lightning_module if self.trainer is not None else None
-        if self.first_stage is not None:
-            first_stage, name = FirstStage.load(self.first_stage), self.first_stage
-        elif task is not None and hasattr(task, "first_stage"):
-            first_stage, name = task.first_stage, task.hparams.get("first_stage", "")
-        else:
-            raise ValueError(f"set data.first_stage to build the latent cache {self.cache_dir}")
         write_latent_cache(
             self.source,
             first_stage,
@@ -186,8 +191,9 @@ class LatentCacheDataModule(LightningDataModule):
             self.shard_size,
             self.encode_batch_size,
             device,
-            source_name=name,
+            source_name=first_stage_name,
         )
+        self.index = self._read_index()
 
     def setup(self, stage: str | None = None) -> None:
         index = self._read_index()

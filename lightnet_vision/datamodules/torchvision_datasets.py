@@ -84,6 +84,7 @@ class TorchvisionDataModule(ImageDataModule):
         if self.source.flip:
             augmentations.append(A.HorizontalFlip(p=0.5))
         mean, std = self.source.mean, self.source.std
+        self.mean, self.std = list(mean), list(std)
         self.train_transform = compose([*resize, *augmentations] if augment else resize, mean, std)
         self.eval_transform = compose(resize, mean, std)
 

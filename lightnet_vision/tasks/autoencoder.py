@@ -1,23 +1,24 @@
 """Train a KL autoencoder (diffusers' `AutoencoderKL`) for latent diffusion on data with no pretrained VAE."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightnet_vision.lightning_compat import restore_train_loader_position, train_loader_states
+from lightnet_vision.datamodules.data_info import DataInfo
 from lightnet_vision.models.autoencoder import KLAutoencoder
-from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable
+from lightnet_vision.tasks.base import Task
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable
 
 
 def _adam(params: list) -> Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class Autoencoder(LightningModule):
+class Autoencoder(Task):
     """An autoencoder trained with a reconstruction + KL loss.
 
     The latent scale factor (1 / std of the latents) is estimated on the validation data at every validation and
@@ -25,29 +26,37 @@ class Autoencoder(LightningModule):
 
     Args:
         model: The autoencoder to train; its `vae` is a diffusers `AutoencoderKL`.
-        optimizer: Called with the parameters.
+        optimizer: Called with the parameter groups (no weight decay on biases, norms and 1-D parameters).
+        lr_scheduler: Called with the optimizer, total steps and steps per epoch; None keeps the rate constant.
         kl_weight: Weight of the KL divergence of the posterior to N(0, I).
         reconstruction_loss: "l1" or "mse" on pixels in [-1, 1].
+        data_info: The data's description (from the DataModule, through the CLI); sets the model's `in_chans`.
+        compile: `torch.compile` the autoencoder in place before the first step.
     """
 
     def __init__(
         self,
         model: KLAutoencoder,
         optimizer: OptimizerCallable = _adam,
+        lr_scheduler: SchedulerCallable | None = None,
         kl_weight: float = 1e-4,
         reconstruction_loss: str = "l1",
+        data_info: dict[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__()
-        save_task_hyperparameters(self)
+        super().__init__(model, optimizer, lr_scheduler, data_info, compile)
+        self.save_hyperparameters()
+        self.keep_config_hyperparameters()
         if reconstruction_loss not in ("l1", "mse"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'mse', got {reconstruction_loss!r}")
-        self.model = model
-        self.optimizer = optimizer
         self.kl_weight = kl_weight
         self.reconstruction_loss = F.l1_loss if reconstruction_loss == "l1" else F.mse_loss
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self._latent_moments: list[Tensor] = []
-        self._train_loader_states: list[dict] = []  # the loader position of the checkpoint a fit resumes from
+
+    @classmethod
+    def backbone_arguments(cls, data_info: DataInfo, task_arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"in_chans": data_info.in_chans}
 
     @property
     def vae(self) -> AutoencoderKL:
@@ -88,14 +97,3 @@ class Autoencoder(LightningModule):
         if not self.trainer.sanity_checking:
             self.latent_scale.fill_(1.0 / std.item())
             self.log("val/latent_std", std, sync_dist=False)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        restore_task_hyperparameters(self, checkpoint)
-        self._train_loader_states = train_loader_states(checkpoint)
-
-    def on_train_start(self) -> None:
-        restore_train_loader_position(self.trainer, self._train_loader_states)
-        self._train_loader_states = []
-
-    def configure_optimizers(self) -> Optimizer:
-        return self.optimizer(self.model.parameters())

@@ -1,8 +1,9 @@
 """Image classification: a thin LightningModule around an injected backbone (a LightNet classifier by default)."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -10,9 +11,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from lightnet_vision.checks import check_classifier_data
-from lightnet_vision.lightning_compat import restore_train_loader_position, train_loader_states
-from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
+from lightnet_vision.datamodules.data_info import DataInfo
+from lightnet_vision.tasks.base import Task
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable
 from lightnet_vision.tasks.schedules import WarmupCosineLR
 
 
@@ -24,20 +25,20 @@ def _warmup_cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int)
     return WarmupCosineLR(optimizer, total_steps, steps_per_epoch, warmup_epochs=5.0)
 
 
-class ImageClassification(LightningModule):
+class ImageClassification(Task):
     """Train, evaluate and predict with an image classifier.
 
     Args:
-        model: The backbone; it must expose `num_classes` (timm's interface). Its `num_classes`, `in_chans` and
-            `img_size` are linked from the DataModule by the CLI.
+        model: The backbone; it must take and expose `num_classes` (timm's interface). The CLI sets its
+            `num_classes`, `in_chans` and `img_size` (where it takes them) from the data: a config never types them.
         optimizer: Called with the parameter groups (no weight decay on biases, norms and 1-D parameters).
         lr_scheduler: Called with the optimizer, the fit's total optimizer steps and the steps per epoch; stepped
             every optimizer step. None keeps the learning rate constant.
         label_smoothing: Label smoothing of the training cross-entropy.
         mixup_alpha: MixUp's Beta parameter; 0 disables MixUp.
         cutmix_alpha: CutMix's Beta parameter; 0 disables CutMix. With both on, each batch picks one at random.
-        class_names: Names of the classes in label order (linked from the DataModule), kept in the checkpoint so
-            `predict` can name its answers.
+        data_info: The data's description (from the DataModule, through the CLI), kept in the checkpoint so that
+            `predict` names its answers and reads images as the training did.
         compile: `torch.compile` the backbone in place before the first step (`nn.Module.compile`: parameter
             names, checkpoints and EMA weights stay those of the eager model). Worth it on GPUs; the first steps
             are slower while it compiles.
@@ -51,17 +52,13 @@ class ImageClassification(LightningModule):
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
-        class_names: list[str] | None = None,
+        data_info: dict[str, Any] | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__()
-        save_task_hyperparameters(self)
-        self.model = model
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
+        super().__init__(model, optimizer, lr_scheduler, data_info, compile)
+        self.save_hyperparameters()
+        self.keep_config_hyperparameters()
         self.label_smoothing = label_smoothing
-        self.class_names = class_names
-        self.compile_backbone = compile
         num_classes = model.num_classes
         self.batch_mix = _batch_mix(mixup_alpha, cutmix_alpha, num_classes)
         top5 = min(5, num_classes)
@@ -69,7 +66,17 @@ class ImageClassification(LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self._train_loader_states: list[dict] = []  # the loader position of the checkpoint a fit resumes from
+
+    required_backbone_arguments = ("num_classes",)
+
+    @classmethod
+    def backbone_arguments(cls, data_info: DataInfo, task_arguments: dict[str, Any]) -> dict[str, Any]:
+        # timm's names, which our classifier and timm's models share.
+        return {"num_classes": data_info.num_classes, "in_chans": data_info.in_chans, "img_size": data_info.image_size}
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self.data_info is None else self.data_info.class_names
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -107,24 +114,9 @@ class ImageClassification(LightningModule):
         confidence, index = probs.max(dim=-1)
         return {"paths": list(paths), "index": index.tolist(), "probability": confidence.tolist()}
 
-    def setup(self, stage: str) -> None:
-        # In setup rather than configure_model: compiling in place shards nothing, and overriding configure_model
-        # makes Lightning's weight averaging warn about sharded layers.
-        if self.compile_backbone:
-            self.model.compile()
+    def check_data(self) -> None:
         # Classes, channels and patch grid must agree with the data before the first step (lightnet_vision/checks.py).
         check_classifier_data(self.trainer.datamodule, self.model)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        restore_task_hyperparameters(self, checkpoint)
-        self._train_loader_states = train_loader_states(checkpoint)
-
-    def on_train_start(self) -> None:
-        restore_train_loader_position(self.trainer, self._train_loader_states)
-        self._train_loader_states = []
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.model, self.optimizer, self.lr_scheduler)
 
 
 def _batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:

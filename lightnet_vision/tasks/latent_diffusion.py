@@ -1,41 +1,40 @@
 """Class-conditional latent diffusion with an injected denoiser (LightNet-DiT by default), DiT-style."""
 
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from lightning.pytorch import LightningModule
-from PIL import Image
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightnet_vision.checks import check_denoiser_data
+from lightnet_vision.datamodules.data_info import DataInfo
 from lightnet_vision.diffusion import GaussianDiffusion
 from lightnet_vision.diffusion.gaussian import Sampler
-from lightnet_vision.lightning_compat import restore_train_loader_position, train_loader_states
 from lightnet_vision.models.first_stage import FirstStage
-from lightnet_vision.tasks.hparams import restore_task_hyperparameters, save_task_hyperparameters
-from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable, configure_optimizers
+from lightnet_vision.tasks.base import Task
+from lightnet_vision.tasks.optim import OptimizerCallable, SchedulerCallable
 
 
 def _adamw(params: list) -> Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
 
-class LatentDiffusion(LightningModule):
-    """Train a denoiser on latents of a first stage, sample from it, and write samples for evaluation.
+class LatentDiffusion(Task):
+    """Train a denoiser on latents of a first stage and sample from it.
 
     Batches are `(images, labels)` from an image DataModule (encoded on the fly) or `{"latents", "labels"}` from
-    a latent cache. With an `EMAWeightAveraging` callback, validation, sample grids and checkpoints use the EMA
-    weights.
+    a latent cache, which this task builds with its first stage when it is missing (the first stage is named once,
+    here). With an `EMAWeightAveraging` callback, validation, sample grids and checkpoints use the EMA weights.
+    `predict` generates `samples_per_class` images of each requested class and returns them; the `SampleWriter`
+    callback (on by default in the CLI) writes them as PNG files and an `.npz`.
 
     Args:
-        model: The denoiser, `forward(x, t, y)` with `num_classes` and `forward_with_cfg` (LightNet-DiT).
+        model: The denoiser, `forward(x, t, y)` with `num_classes` and `forward_with_cfg` (LightNet-DiT). The
+            CLI sets its `num_classes`, `in_channels` and `input_size` from the data through the first stage.
         diffusion: Noise schedule and prediction target.
         first_stage: "pixel", a diffusers AutoencoderKL directory or hub id, or an `Autoencoder` task checkpoint.
         latent_scale: Overrides the first stage's latent scale (SD-VAE: 0.18215; our autoencoder stores its own).
-        image_size: Image side (linked from the DataModule); the latent side is this over the first stage's factor.
         class_conditional: Use the labels; False trains an unconditional model on the null class.
         optimizer: Called with the parameter groups.
         lr_scheduler: Called with the optimizer, total steps and steps per epoch; None keeps the rate constant.
@@ -47,8 +46,7 @@ class LatentDiffusion(LightningModule):
         samples_per_class: Images `predict` generates per class (or in all, when unconditional).
         predict_batch_size: Samples generated per batch by `predict`.
         predict_seed: Seed of the noise `predict` starts from.
-        output_dir: Where `predict` writes `samples/<class>/<index>.png` and `samples.npz`; None: the run's log dir.
-        class_names: Names of the classes (linked from the DataModule).
+        data_info: The data's description (from the DataModule, through the CLI), kept in the checkpoint.
         compile: `torch.compile` the backbone in place before the first step (`nn.Module.compile`: parameter
             names, checkpoints and EMA weights stay those of the eager model). Worth it on GPUs; the first steps
             are slower while it compiles.
@@ -60,7 +58,6 @@ class LatentDiffusion(LightningModule):
         diffusion: GaussianDiffusion | None = None,
         first_stage: str = "pixel",
         latent_scale: float | None = None,
-        image_size: int | None = None,
         class_conditional: bool = True,
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: SchedulerCallable | None = None,
@@ -72,20 +69,17 @@ class LatentDiffusion(LightningModule):
         samples_per_class: int = 10,
         predict_batch_size: int = 50,
         predict_seed: int = 0,
-        output_dir: str | None = None,
-        class_names: list[str] | None = None,
+        data_info: dict[str, Any] | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__()
-        save_task_hyperparameters(self)
-        self.model = model
+        super().__init__(model, optimizer, lr_scheduler, data_info, compile)
+        self.save_hyperparameters()
+        self.keep_config_hyperparameters()
         self.diffusion = diffusion or GaussianDiffusion()
         # Kept out of the module tree: the frozen first stage is neither trained, averaged nor checkpointed.
         self._first_stage = [FirstStage.load(first_stage, latent_scale)]
-        self.image_size = image_size
+        self.first_stage_name = first_stage
         self.class_conditional = class_conditional
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
         self.sampler = sampler
         self.num_sampling_steps = num_sampling_steps
         self.guidance_scale = guidance_scale
@@ -94,11 +88,34 @@ class LatentDiffusion(LightningModule):
         self.samples_per_class = samples_per_class
         self.predict_batch_size = predict_batch_size
         self.predict_seed = predict_seed
-        self.output_dir = output_dir
-        self.class_names = class_names
-        self.compile_backbone = compile
-        self._predicted: list[tuple[Tensor, Tensor, Tensor]] = []  # (labels, indices, uint8 images) per batch
-        self._train_loader_states: list[dict] = []  # the loader position of the checkpoint a fit resumes from
+
+    required_backbone_arguments = ("in_channels", "input_size")
+
+    @classmethod
+    def backbone_arguments(cls, data_info: DataInfo, task_arguments: dict[str, Any]) -> dict[str, Any]:
+        # DiT's names; channels and side are those of the latents, through the first stage.
+        first_stage = FirstStage.load(task_arguments.get("first_stage", "pixel"), task_arguments.get("latent_scale"))
+        factor = first_stage.downsample_factor
+        if data_info.image_size % factor:
+            raise ValueError(
+                f"the image size {data_info.image_size} is not divisible by the first stage's downsampling factor "
+                f"{factor} ({task_arguments.get('first_stage')})"
+            )
+        conditional = task_arguments.get("class_conditional", True)
+        return {
+            "num_classes": data_info.num_classes if conditional else None,
+            "in_channels": first_stage.latent_channels or data_info.in_chans,
+            "input_size": data_info.image_size // factor,
+        }
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the denoiser (its null class for guidance not counted)."""
+        return self.model.num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self.data_info is None else self.data_info.class_names
 
     @property
     def first_stage(self) -> FirstStage:
@@ -109,10 +126,7 @@ class LatentDiffusion(LightningModule):
 
     def latent_shape(self) -> tuple[int, int, int]:
         """`(C, h, w)` of the latents the denoiser works on."""
-        first_stage = self.first_stage
-        size = self.image_size or self.model.input_size * first_stage.downsample_factor
-        side = size // first_stage.downsample_factor
-        return self.model.in_channels, side, side
+        return self.model.in_channels, self.model.input_size, self.model.input_size
 
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.class_conditional else None
@@ -186,7 +200,8 @@ class LatentDiffusion(LightningModule):
             labels = torch.tensor([c for c in classes for _ in range(self.samples_per_class)])
         return DataLoader(TensorDataset(labels, torch.arange(len(labels))), batch_size=self.predict_batch_size)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Samples for `(labels [B], indices [B])`: `{"labels", "indices", "images"}`, images `[B, H, W, C]` uint8."""
         labels, indices = batch
         # Each sample's starting noise is drawn from its own index and the seed, so with the deterministic samplers
         # (ddim, dpm++) sample i is the same image whatever the batch size or the number of processes.
@@ -195,99 +210,30 @@ class LatentDiffusion(LightningModule):
         generator = self._sample_generator(int(indices[0]))  # the noise a stochastic sampler (ddpm) adds per step
         conditional = bool((labels >= 0).all())
         images = self.generate(labels.to(self.device) if conditional else None, labels.shape[0], generator, noise=noise)
-        # Kept here, as uint8, and written at the end; nothing is returned so the Trainer holds no second copy.
-        self._predicted.append((labels.cpu(), indices.cpu(), to_uint8(images)))
+        return {"labels": labels.cpu(), "indices": indices.cpu(), "images": to_uint8(images)}
 
     def _sample_generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.predict_seed * 1_000_003 + index)
 
-    def on_predict_epoch_end(self) -> None:
-        # Every process takes part in the gather and in `log_dir` (both collective), also one given no samples.
-        if self._predicted:
-            labels, indices, images = (torch.cat(parts) for parts in zip(*self._predicted, strict=True))
-        else:
-            labels, indices, images = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), None
-        self._predicted.clear()
-        labels, indices, images = gather_uneven(self, labels, indices, images)
-        out = Path(self.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
-        if not self.trainer.is_global_zero or images is None:
-            return
-        order = torch.argsort(indices)
-        unique = torch.ones_like(order, dtype=torch.bool)
-        unique[1:] = indices[order][1:] != indices[order][:-1]  # a sampler may repeat items
-        order = order[unique]
-        write_samples(out, images[order].cpu().numpy(), labels[order].cpu().numpy())
-        print(f"wrote {len(order)} samples to {out / 'samples'} and {out / 'samples.npz'}")
+    def prepare_data(self) -> None:
+        # The first stage is this task's: a latent cache without latents yet is encoded with it.
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "build_cache"):
+            datamodule.build_cache(self._first_stage[0], self.first_stage_name)
 
-    def setup(self, stage: str) -> None:
-        # In setup rather than configure_model: compiling in place shards nothing, and overriding configure_model
-        # makes Lightning's weight averaging warn about sharded layers.
-        if self.compile_backbone:
-            self.model.compile()
+    def check_data(self) -> None:
         # Classes, latent channels and latent patch grid must agree with the data before the first step
         # (lightnet_vision/checks.py).
         check_denoiser_data(self.trainer.datamodule, self.model, self._first_stage[0], self.class_conditional)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        restore_task_hyperparameters(self, checkpoint)
-        self._train_loader_states = train_loader_states(checkpoint)
-
     def on_train_start(self) -> None:
-        restore_train_loader_position(self.trainer, self._train_loader_states)
-        self._train_loader_states = []
+        super().on_train_start()
         if self.trainer.world_size > 1:
             # `seed_everything` gives every process the same seed: each would draw the same noise and timesteps for
             # its own images. Seeded apart (as DiT does), the global batch gets as many independent draws as images.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.model, self.optimizer, self.lr_scheduler)
-
-
-def gather_uneven(
-    task: LightningModule, labels: Tensor, indices: Tensor, images: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Every process's `(labels [n], indices [n], images [n, H, W, C])`, concatenated, on every process.
-
-    Lightning's predict sampler does not pad, so processes hold different numbers of samples (a process may hold
-    none: `images` None). Each process pads its share to the largest before the gather and the padding is dropped
-    after it. One process: the arguments as they are.
-    """
-    if task.trainer.world_size == 1:
-        return labels, indices, images
-    device = task.device
-    count = labels.shape[0]
-    shape = torch.tensor([count, *(images.shape[1:] if images is not None else (0, 0, 0))], device=device)
-    shapes = task.all_gather(shape)  # [world, 4]
-    most, image_shape = int(shapes[:, 0].max()), shapes[:, 1:].max(dim=0).values.tolist()
-    if most == 0:
-        return labels, indices, None
-    if images is None:
-        images = torch.zeros(0, *image_shape, dtype=torch.uint8)
-
-    def padded(x: Tensor) -> Tensor:
-        return torch.cat([x, x.new_zeros(most - count, *x.shape[1:])]).to(device)
-
-    gathered = task.all_gather({"labels": padded(labels), "indices": padded(indices), "images": padded(images)})
-    counts = shapes[:, 0].tolist()
-    return tuple(
-        torch.cat([part[:n] for part, n in zip(gathered[key], counts, strict=True)])  # [sum of counts, ...]
-        for key in ("labels", "indices", "images")
-    )
-
 
 def to_uint8(images: Tensor) -> Tensor:
     """`[B, C, H, W]` in [-1, 1] to `[B, H, W, C]` uint8 (the layout of ADM's sample files)."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
-def write_samples(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """`out/samples/<class>/<index>.png` and `out/samples.npz` with `arr_0` (`N×H×W×C` uint8) and `labels`."""
-    counters: dict[int, int] = {}
-    for image, label in zip(images, labels, strict=True):
-        folder = out / "samples" / (str(int(label)) if label >= 0 else "unconditional")
-        folder.mkdir(parents=True, exist_ok=True)
-        index = counters.get(int(label), 0)
-        counters[int(label)] = index + 1
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / f"{index}.png")
-    np.savez(out / "samples.npz", arr_0=images, labels=labels)

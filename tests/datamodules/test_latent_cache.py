@@ -113,24 +113,26 @@ def test_autoencoder_cache_holds_scaled_posterior_samples(tiny_autoencoder, tmp_
 
 def test_datamodule_builds_the_cache_once_and_reads_it_back(tmp_path):
     cache_dir = tmp_path / "cache"
-    data = LatentCacheDataModule(str(cache_dir), small_digits(), first_stage="pixel", batch_size=8, num_workers=0)
-    # Before the cache exists, the linked attributes come from the source.
-    assert (data.num_classes, data.image_size, data.in_chans) == (10, 8, 1)
-    data.prepare_data()
+    data = LatentCacheDataModule(str(cache_dir), small_digits(), batch_size=8, num_workers=0)
+    # Before the cache exists, the description of the data comes from the source.
+    info = data.data_info
+    assert (info.num_classes, info.image_size, info.in_chans) == (10, 8, 1)
+    data.build_cache(FirstStage.load("pixel"), "pixel")
     files = sorted(cache_dir.iterdir())
     assert cache_dir / "index.json" in files
     assert json.loads((cache_dir / "index.json").read_text())["first_stage"] == "pixel"
     mtimes = {path: path.stat().st_mtime_ns for path in files}
 
-    again = LatentCacheDataModule(str(cache_dir), source=small_digits(), first_stage="pixel", num_workers=0)
-    again.prepare_data()
+    again = LatentCacheDataModule(str(cache_dir), source=small_digits(), num_workers=0)
+    again.build_cache(FirstStage.load("pixel"), "pixel")
     assert sorted(cache_dir.iterdir()) == files
     assert {path: path.stat().st_mtime_ns for path in files} == mtimes  # an existing cache is not rewritten
 
     # Without a source, everything comes from index.json.
     cached = LatentCacheDataModule(str(cache_dir), batch_size=8, num_workers=0)
-    assert (cached.num_classes, cached.image_size, cached.in_chans) == (10, 8, 1)
-    assert cached.class_names == [str(digit) for digit in range(10)]
+    info = cached.data_info
+    assert (info.num_classes, info.image_size, info.in_chans) == (10, 8, 1)
+    assert info.class_names == [str(digit) for digit in range(10)]
     cached.setup("fit")
     batch = next(iter(cached.train_dataloader()))
     assert batch["latents"].dtype == torch.float32 and batch["latents"].shape == (8, 1, 8, 8)
@@ -146,16 +148,18 @@ def test_missing_cache_without_a_source_names_the_folder(tmp_path):
         LatentCacheDataModule(str(cache_dir))
 
 
-def test_missing_cache_without_any_first_stage_names_the_folder(tmp_path):
-    data = LatentCacheDataModule(str(tmp_path / "cache"), small_digits(), num_workers=0)  # no task to borrow from
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "cache"))):
-        data.prepare_data()
-    assert not (tmp_path / "cache" / "index.json").exists()
+def test_a_cache_of_another_first_stage_is_refused_naming_both(tmp_path):
+    cache_dir = tmp_path / "cache"
+    data = LatentCacheDataModule(str(cache_dir), small_digits(), batch_size=8, num_workers=0)
+    data.build_cache(FirstStage.load("pixel"), "pixel")
+    with pytest.raises(ValueError, match=r"encoded by first stage 'pixel'.*'other.ckpt'") as error:
+        data.build_cache(FirstStage.load("pixel", scale=0.5), "other.ckpt")
+    assert str(cache_dir) in str(error.value)
 
 
 @pytest.mark.slow
 def test_cache_is_built_with_the_first_stage_of_the_task(tiny_autoencoder, tmp_path):
-    # Without data.first_stage the cache is encoded by the task's own first stage, so a config names it once.
+    # The cache is encoded by the task's own first stage (its prepare_data), so a config names it once.
     _, checkpoint = tiny_autoencoder
     cache_dir = tmp_path / "cache"
     data = LatentCacheDataModule(str(cache_dir), small_digits(), batch_size=8, num_workers=0)

@@ -234,7 +234,7 @@ def fake_checkpoint(path: Path, num_classes: int, class_names: list[str]) -> Pat
     hparams = {
         "_class_path": "lightnet_vision.tasks.ImageClassification",
         "model": {"class_path": "lightnet_vision.models.LightNet", "init_args": backbone},
-        "class_names": class_names,
+        "data_info": {"image_size": 16, "in_chans": 3, "num_classes": num_classes, "class_names": class_names},
     }
     torch.save({"state_dict": {}, "hyper_parameters": hparams}, path)
     return path
@@ -277,5 +277,5 @@ def test_a_checkpoint_of_other_classes_fails_before_restoring(
     ids=["classes", "channels", "patch"],
 )
 def test_a_denoiser_disagreeing_with_the_data_fails_at_setup(tmp_path, denoiser, image_size, expected):
-    task = LatentDiffusion(tiny_dit(**denoiser), image_size=image_size)
+    task = LatentDiffusion(tiny_dit(**denoiser))
     assert expected in fit_fails_at_setup(task, tiny_digits(image_size=image_size), tmp_path)

@@ -139,9 +139,9 @@ def test_the_diffusion_config_runs_on_two_processes_with_one_grid_and_a_shared_f
     result = run_lightnet(args, cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:]
 
-    (run,) = (tmp_path / "runs" / "debug_diffusion" / "debug").iterdir()  # one log folder for both processes
+    (run,) = (tmp_path / "runs" / "debug_diffusion").iterdir()  # one run folder for both processes
     assert [path.name for path in (run / "sample_grids").iterdir()] == ["step0000004.png"]  # written once, by rank 0
-    assert len(list(run.rglob("*.ckpt"))) == 1
+    assert sorted(path.name for path in run.rglob("*.ckpt")) == ["epoch=0-step=4.ckpt", "last.ckpt"]
     fid = [json.loads((tmp_path / f"fid.rank{rank}.json").read_text()) for rank in (0, 1)]
     # Each process scored its own 2 batches of 16; the FID compares the 64 images of both, and both agree on it.
     assert [row["local"] for row in fid] == [32, 32] and [row["synced"] for row in fid] == [64, 64]
@@ -169,7 +169,8 @@ def test_predict_on_two_processes_writes_each_output_once(tmp_path):
     # 3 samples over 2 processes: the sampler pads with a repeat, which must not reach the files.
     predict = ["--model.init_args.predict_classes", "[0, 1, 2]", "--model.init_args.samples_per_class", "1"]
     args = ["predict", "--config", DIFFUSION_DEBUG, *QUIET, "--trainer.devices", "2", *predict]
-    result = run_lightnet([*args, "--model.init_args.output_dir", str(tmp_path / "out")], cwd=tmp_path, timeout=TIMEOUT)
+    writer = ["--trainer.callbacks+=lightnet_vision.callbacks.SampleWriter", "--trainer.callbacks.output_dir"]
+    result = run_lightnet([*args, *writer, str(tmp_path / "out")], cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:]
     with np.load(tmp_path / "out" / "samples.npz") as samples:
         assert samples["arr_0"].shape == (3, 8, 8, 1) and samples["labels"].tolist() == [0, 1, 2]

@@ -121,7 +121,7 @@ def ema_checkpoint(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", ["lightnet-vision"])
         build_cli(["fit", "--config", DIFFUSION_DEBUG, *QUIET, *limits, *outputs])
-    (checkpoint,) = root.rglob("*.ckpt")
+    (checkpoint,) = [path for path in root.rglob("*.ckpt") if path.name != "last.ckpt"]
     return checkpoint
 
 

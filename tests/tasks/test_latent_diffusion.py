@@ -65,7 +65,7 @@ def callbacks_config(path, checkpoint_dir, probe: bool = False) -> str:
 def tiny_task(**overrides) -> LatentDiffusion:
     # v-prediction on the cosine schedule (as the config) keeps the samples of a random model mostly inside [-1, 1].
     diffusion = GaussianDiffusion(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
-    kwargs = {"model": wake(tiny_dit()), "diffusion": diffusion, "image_size": 8}
+    kwargs = {"model": wake(tiny_dit()), "diffusion": diffusion}
     kwargs |= {"sampler": "ddim", "num_sampling_steps": 2}
     return LatentDiffusion(**{**kwargs, **overrides})
 
@@ -89,9 +89,10 @@ def test_fast_dev_run_in_pixel_space(tmp_path):
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
-    # Linked from the data: classes, class names and image size.
+    # Set from the data's description: classes, class names and the latent side (pixel space: the image size).
     assert task.model.num_classes == data.num_classes == 10
-    assert task.class_names == data.class_names and task.image_size == data.image_size == 8
+    assert task.data_info == data.data_info and task.class_names == data.class_names
+    assert task.model.input_size == data.image_size == 8
     assert task.latent_shape() == (1, 8, 8)
     assert task.diffusion.prediction_type == "v_prediction"
 
@@ -190,7 +191,9 @@ def test_predict_writes_sample_files_with_command_line_overrides(fitted, tmp_pat
     root, _, checkpoint = fitted
     out = tmp_path / "out"
     overrides = ["--model.init_args.predict_classes", "[1, 3]", "--model.init_args.samples_per_class", "2"]
-    overrides += ["--model.init_args.guidance_scale", "3.0", "--model.init_args.output_dir", str(out)]
+    overrides += ["--model.init_args.guidance_scale", "3.0"]
+    writer = "--trainer.callbacks+=lightnet_vision.callbacks.SampleWriter"
+    overrides += [writer, "--trainer.callbacks.output_dir", str(out)]
     args = ["predict", "--config", DIFFUSION_CONFIG, *QUIET, *pixel_diffusion_args(), "--ckpt_path", str(checkpoint)]
     cli = run_cli(tmp_path, [*args, *overrides])
     task = cli.model
@@ -229,10 +232,8 @@ def test_predicted_samples_do_not_depend_on_the_batch_size(fitted):
     outputs = {}
     for batch_size in (6, 4):
         task.predict_batch_size = batch_size
-        task._predicted.clear()
-        for batch_idx, batch in enumerate(task.predict_dataloader()):
-            task.predict_step(batch, batch_idx)
-        outputs[batch_size] = torch.cat([images for _, _, images in task._predicted])
+        batches = enumerate(task.predict_dataloader())
+        outputs[batch_size] = torch.cat([task.predict_step(batch, i)["images"] for i, batch in batches])
     torch.testing.assert_close(outputs[6], outputs[4], rtol=0, atol=0)
 
 
