@@ -33,10 +33,16 @@ def classify(argv: list[str]) -> float:
     cli.model.load_state_dict(load_checkpoint(best)["state_dict"])
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule)
     accuracy = results[0]["test/acc1"]
-    print(f"\nbest checkpoint: {best}")
+    print(f"\nbest checkpoint: {shown(best)}")
     print(f"test top-1 accuracy: {accuracy:.2%}")
-    print(f"curves: tensorboard --logdir {cli.trainer.logger.save_dir}")
+    print(f"curves: tensorboard --logdir {shown(cli.trainer.log_dir)}")
     return accuracy
+
+
+def shown(path: str | Path) -> str:
+    """`path` relative to the working directory when it lies under it (as the configs write it)."""
+    path = Path(path)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
 
 
 def digits_judge(seed: int = 0) -> SVC:
@@ -60,7 +66,7 @@ def generate(argv: list[str]) -> float:
     autoencoder = build_cli(["--config", "configs/autoencoder/digits.yaml", *(extra if fast else [])], run=False)
     autoencoder.trainer.fit(autoencoder.model, datamodule=autoencoder.datamodule)
     checkpoint = autoencoder.trainer.checkpoint_callback.last_model_path
-    print(f"\nautoencoder: {checkpoint} (latent scale {autoencoder.model.latent_scale.item():.3f})")
+    print(f"\nautoencoder: {shown(checkpoint)} (latent scale {autoencoder.model.latent_scale.item():.3f})")
 
     diffusion_args = ["--config", "configs/diffusion/digits.yaml", "--model.init_args.first_stage", checkpoint]
     diffusion = build_cli([*diffusion_args, *(extra if fast else [])], run=False)
@@ -79,10 +85,10 @@ def generate(argv: list[str]) -> float:
     save_image(torch.nn.functional.interpolate(grid[None], scale_factor=4, mode="nearest")[0], out / "samples.png")
 
     agreement = judge_agreement(digits_judge(), images, labels)
-    print(f"\nsample grid (one row per digit): {out / 'samples.png'}")
+    print(f"\nsample grid (one row per digit): {shown(out / 'samples.png')}")
     print(f"{len(labels)} samples, guidance {task.guidance_scale}: a classifier trained on real digits assigns")
     print(f"{agreement:.1%} of them to the class they were asked for")
-    print(f"curves and sample grids: tensorboard --logdir {diffusion.trainer.logger.save_dir}")
+    print(f"curves and sample grids: tensorboard --logdir {shown(out)}")
     return agreement
 
 

@@ -17,7 +17,7 @@ def test_demo_fits_and_tests_the_best_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["lightnet-vision"])
     accuracy = demo.main(["--config", DEBUG, "--trainer.enable_progress_bar", "false"])
     assert 0 <= accuracy <= 1
-    (checkpoint,) = (tmp_path / "runs" / "debug").rglob("*.ckpt")
+    (checkpoint,) = [path for path in (tmp_path / "runs" / "debug").rglob("*.ckpt") if path.name != "last.ckpt"]
     out = capsys.readouterr().out
     assert f"best checkpoint: {checkpoint.relative_to(tmp_path)}" in out
     assert f"test top-1 accuracy: {accuracy:.2%}" in out
@@ -44,4 +44,4 @@ def test_generate_quickstart_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert f"{agreement:.1%} of them" in out
     (grid,) = (tmp_path / "runs" / "diffusion_digits").rglob("samples.png")
     assert grid.stat().st_size > 0
-    assert (tmp_path / "runs" / "autoencoder_digits" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "runs" / "autoencoder_digits" / "version_0" / "checkpoints" / "last.ckpt").is_file()

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from lightnet_vision.checkpoints import load_checkpoint
 from lightnet_vision.models.autoencoder import KLAutoencoder
+from lightnet_vision.run_folder import newest_last_checkpoint, runs_under
 
 
 class FirstStage(nn.Module):
@@ -54,7 +55,8 @@ class FirstStage(nn.Module):
 
     @classmethod
     def load(cls, source: str, scale: float | None = None) -> "FirstStage":
-        """`source`: "pixel", a `.ckpt` of the `Autoencoder` task, or a diffusers directory / hub id.
+        """`source`: "pixel", a `.ckpt` of the `Autoencoder` task, the run root of such a task (its newest run's
+        `last.ckpt`: `runs/autoencoder_digits`), or a diffusers directory / hub id.
 
         Neither kind of file can run code when read: the checkpoint is read with `torch.load(weights_only=True)`,
         and diffusers reads safetensors files (or `.bin` files with `weights_only=True`)."""
@@ -62,6 +64,11 @@ class FirstStage(nn.Module):
             return cls(None, 1.0 if scale is None else scale)
         if source.endswith(".ckpt"):
             return cls.from_autoencoder_checkpoint(source, scale)
+        if runs_under(source):
+            last = newest_last_checkpoint(source)
+            if last is None:
+                raise FileNotFoundError(f"first stage {source}: no run under it has a checkpoints/last.ckpt yet")
+            return cls.from_autoencoder_checkpoint(last, scale)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae" if (Path(source) / "vae").is_dir() else None)
         return cls(vae, vae.config.scaling_factor if scale is None else scale)
 
