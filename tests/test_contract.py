@@ -139,3 +139,18 @@ def test_predict_needs_only_a_checkpoint_and_a_folder(tmp_path, monkeypatch):
         rows = list(csv.DictReader(handle))
     assert rows and {row["class"] for row in rows} <= {"ant", "cat", "zebra"}
     assert not isinstance(run.model, LatentDiffusion)
+
+
+def test_a_minimal_image_datamodule_predicts_with_the_default_transform(tmp_path):
+    from classification_helpers import write_digit_pngs
+
+    from lightnet_vision.datamodules import ImageDataModule
+
+    class Minimal(ImageDataModule):  # what a user's own DataModule sets: the data's description, nothing more
+        def __init__(self, predict_dir: str) -> None:
+            super().__init__(batch_size=2, num_workers=0, predict_dir=predict_dir)
+            self.image_size, self.in_chans, self.num_classes = 12, 1, 10
+
+    write_digit_pngs(tmp_path / "images", 3)
+    images, paths = next(iter(Minimal(str(tmp_path / "images")).predict_dataloader()))
+    assert images.shape == (2, 1, 12, 12) and images.dtype == torch.float32 and len(paths) == 2

@@ -1,6 +1,7 @@
 """What every image DataModule shares: loaders, prediction on a folder, and the description of its data."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,9 +41,10 @@ def default_num_workers() -> int:
 
 
 class ImageDataModule(LightningDataModule):
-    """Subclasses set `image_size`, `in_chans`, `num_classes`, `class_names` (and `mean`, `std` when they
-    normalise) and `eval_transform` in `__init__`, and the `train_set`, `val_set`, `test_set` datasets in `setup`.
-    `data_info` gathers the first six: the CLI hands it to the task, which sets its backbone from it.
+    """Subclasses set `image_size` and `in_chans` (and `num_classes`, `class_names`, `mean`, `std` where they
+    apply) in `__init__`, and the `train_set`, `val_set`, `test_set` datasets in `setup`; `data_info` gathers
+    them for the task and its backbone. `predict` reads `predict_dir` with `eval_transform`, by default a resize to
+    `image_size` and the normalisation by `mean` and `std`; a subclass may set its own.
 
     Args:
         batch_size: Samples per batch and per process.
@@ -56,6 +58,7 @@ class ImageDataModule(LightningDataModule):
     class_names: list[str] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    eval_transform: Callable | None = None
 
     def __init__(self, batch_size: int = 64, num_workers: int | None = None, predict_dir: str | None = None) -> None:
         super().__init__()
@@ -107,9 +110,18 @@ class ImageDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test")
 
+    def default_eval_transform(self) -> Callable:
+        """Resize to `image_size` (short side, centre crop) and normalise by `mean` and `std` (none: 0 and 1)."""
+        from lightnet_vision.datamodules.transforms import compose, eval_transforms
+
+        mean = self.mean or [0.0] * self.in_chans
+        std = self.std or [1.0] * self.in_chans
+        return compose(eval_transforms(self.image_size, crop_pct=1.0), mean, std)
+
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dir is None:
             # A generator's `predict` samples from the task's own loader: the CLI leaves the data out there.
             raise ValueError(f"set data.predict_dir to a folder of images to predict with {type(self).__name__}")
-        images = UnlabeledImageFiles(list_images(self.predict_dir), self.eval_transform, self.in_chans)
+        transform = self.eval_transform or self.default_eval_transform()
+        images = UnlabeledImageFiles(list_images(self.predict_dir), transform, self.in_chans)
         return self._loader(images, "predict")
