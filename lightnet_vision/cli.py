@@ -2,7 +2,6 @@
 
 import os
 import sys
-import warnings
 from typing import Any
 
 from jsonargparse import Namespace
@@ -22,9 +21,10 @@ from lightnet_vision.plugins import AtomicCheckpointIO
 from lightnet_vision.run_folder import (
     SaveRunConfig,
     place_checkpoints,
-    resolve_last,
+    resolve_last_checkpoint,
     run_logger,
     run_of_checkpoint,
+    run_root,
 )
 
 
@@ -164,30 +164,3 @@ def has_predict_data(datamodule: LightningDataModule | None) -> bool:
     if isinstance(datamodule, ImageDataModule):
         return datamodule.predict_dir is not None
     return is_overridden("predict_dataloader", datamodule)
-
-
-def run_root(config: Namespace) -> str:
-    """Where runs go: `trainer.default_root_dir` (the working directory when unset, as in Lightning)."""
-    return os.path.abspath(config["trainer"].get("default_root_dir") or os.getcwd())
-
-
-def resolve_last_checkpoint(config: Namespace, subcommand: str, quiet: bool = False) -> None:
-    """`--ckpt_path last` becomes the newest run's `last.ckpt` under the run root, for any config (None for a fit
-    that finds none, which starts a new run)."""
-    if config.get("ckpt_path") == "last":
-        with warnings.catch_warnings():
-            if quiet:
-                warnings.simplefilter("ignore")
-            config["ckpt_path"] = resolve_last(run_root(config), subcommand, checkpoint_dirs(config))
-
-
-def checkpoint_dirs(config: Namespace) -> list[str]:
-    """The folders the config's `ModelCheckpoint` callbacks name (most write into the run's folder and name none)."""
-    callbacks = config["trainer"].get("callbacks") or []
-    folders = []
-    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-        init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
-        if init_args is not None and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
-            if init_args.get("dirpath"):
-                folders.append(str(init_args["dirpath"]))
-    return folders

@@ -7,10 +7,12 @@ curves go on where they stopped. `--ckpt_path last` is the `last.ckpt` of the ne
 config; a fit that finds none starts a new run and says so.
 """
 
+import os
 import re
 import warnings
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
@@ -88,3 +90,30 @@ class SaveRunConfig(SaveConfigCallback):
         stage = getattr(stage, "value", stage)  # a TrainerFn member or its value
         self.config_filename = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
         super().setup(trainer, pl_module, stage)
+
+
+def run_root(config: Namespace) -> str:
+    """Where runs go: `trainer.default_root_dir` (the working directory when unset, as in Lightning)."""
+    return os.path.abspath(config["trainer"].get("default_root_dir") or os.getcwd())
+
+
+def resolve_last_checkpoint(config: Namespace, subcommand: str, quiet: bool = False) -> None:
+    """`--ckpt_path last` becomes the newest run's `last.ckpt` under the run root, for any config (None for a fit
+    that finds none, which starts a new run)."""
+    if config.get("ckpt_path") == "last":
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            config["ckpt_path"] = resolve_last(run_root(config), subcommand, checkpoint_dirs(config))
+
+
+def checkpoint_dirs(config: Namespace) -> list[str]:
+    """The folders the config's `ModelCheckpoint` callbacks name (most write into the run's folder and name none)."""
+    callbacks = config["trainer"].get("callbacks") or []
+    folders = []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
+        if init_args is not None and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            if init_args.get("dirpath"):
+                folders.append(str(init_args["dirpath"]))
+    return folders
