@@ -1,4 +1,4 @@
-"""Built-in data sources; each exposes `num_classes`, `image_size`, `in_chans` and `class_names` for the CLI links."""
+"""Built-in data sources; each describes its data in `data_info`, which the CLI hands to the task and its backbone."""
 
 from typing import TYPE_CHECKING
 

@@ -8,7 +8,7 @@ class KLAutoencoder(nn.Module):
     """An `AutoencoderKL` that downsamples by `2^(len(block_out_channels) - 1)`, configured with typed arguments.
 
     Args:
-        in_chans: Image channels (linked from the DataModule by the CLI).
+        in_chans: Image channels (set from the data by the CLI).
         block_out_channels: Channels of the encoder stages; each stage after the first halves the resolution.
         latent_channels: Channels of the latent.
         layers_per_block: ResNet layers per stage.

@@ -1,10 +1,10 @@
 """Ahead-of-time compiles of the Triton kernels for sm_90 and sm_80: no register spills, shared memory within limits.
 
-A representative subset of `benchmarks/kernels_compile.py` (the full report is in README.md, "Triton kernels"): the
-head dims that spilled (64) or overflowed shared memory (72, padded to 128) before the retuning, in fp32 and bf16,
-with MD-LRPE angles (the heavier variant), every non-causal and causal launch of a forward and backward. No GPU is
-needed, only Triton's compiler and `ptxas`. The report runs in a subprocess without `TRITON_INTERPRET`, which the
-test suite sets for the kernels it interprets.
+A representative subset of `benchmarks/kernels_compile.py` (the full report is in the kernel README,
+lightnet_vision/kernels/additive/README.md, "Triton compile report"): the head dims that spilled (64) or overflowed
+shared memory (72, padded to 128) before the retuning, in fp32 and bf16, with MD-LRPE angles (the heavier variant),
+every non-causal and causal launch of a forward and backward. No GPU is needed, only Triton's compiler and `ptxas`.
+The report runs in a subprocess without `TRITON_INTERPRET`, which the test suite sets for the kernels it interprets.
 """
 
 import csv

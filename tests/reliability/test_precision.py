@@ -66,7 +66,7 @@ def test_mixed_precision_fit_stays_finite_and_matches_fp32(tmp_path, precision, 
     # 15 short epochs reach ~95% in every precision (chance: 10%). Seeds 0, 1 and 2 gave fp32 95.2 / 94.8 / 96.7,
     # bf16 95.9 / 94.8 / 96.3 and fp16 94.8 / 97.4 / 96.7 on the development machine: runs this short differ by up
     # to 2.6 points (7 of the 270 test digits) whatever the precision, hence 3 points here; the full-length runs in
-    # the README agree within 1.
+    # docs/scaling.md agree within 1.
     assert fp32_accuracy > 0.9 and accuracy > 0.9
     assert abs(accuracy - fp32_accuracy) <= 0.03, (precision, accuracy, fp32_accuracy)
 
