@@ -28,7 +28,13 @@ def toeplitz_along(x: Tensor, decay_forward: Tensor, decay_backward: Tensor, dim
     counted twice. Each scan runs by doubling (`f ← f + λ^s shift(f, s)` for s = 1, 2, 4, ...), so an axis of length
     n costs log2(n) vectorised steps. The decays broadcast against `x` (one value per head group); equal decays give
     the paper's symmetric `λ^|i-j|`.
+
+    Under `torch.export` (and so the ONNX exporter) the axis length is symbolic and the number of doubling steps
+    cannot follow it: the matrix `T` is formed instead (`toeplitz_matrix_along`), so an exported model runs at any
+    grid size.
     """
+    if torch.compiler.is_exporting():
+        return toeplitz_matrix_along(x, decay_forward, decay_backward, dim)
     forward, backward = x, x
     offset, power_forward, power_backward = 1, decay_forward, decay_backward
     while offset < x.shape[dim]:
@@ -36,6 +42,19 @@ def toeplitz_along(x: Tensor, decay_forward: Tensor, decay_backward: Tensor, dim
         backward = backward + power_backward * _shift(backward, -offset, dim)
         offset, power_forward, power_backward = offset * 2, power_forward**2, power_backward**2
     return forward + backward - x
+
+
+def toeplitz_matrix_along(x: Tensor, decay_forward: Tensor, decay_backward: Tensor, dim: int) -> Tensor:
+    """`toeplitz_along` with the n×n matrix `T` formed from the offsets `i - j`: O(n) work per element instead of
+    O(log n), but no Python loop over n. The decays broadcast against the dims of `x` after `dim`."""
+    offsets = torch.arange(x.shape[dim], device=x.device)
+    diff = (offsets[:, None] - offsets[None, :]).to(decay_forward.dtype)  # [n, n], i - j
+    below = decay_forward[..., None, None] ** diff.clamp(min=0)
+    above = decay_backward[..., None, None] ** (-diff).clamp(min=0)
+    matrix = torch.where(diff >= 0, below, above)  # [*decay, n, n]
+    dtype = torch.promote_types(x.dtype, matrix.dtype)
+    moved = x.movedim(dim, -1)[..., None].to(dtype)  # [..., n, 1]
+    return (matrix.to(dtype) @ moved)[..., 0].movedim(-1, dim)
 
 
 class MDTPE(nn.Module):

@@ -1,6 +1,7 @@
 """Additive attention of LightNet (arXiv 2405.21022) in plain PyTorch: linear in N, no N×N matrix, fp32 normaliser."""
 
 import functools
+import os
 import warnings
 
 import torch
@@ -275,6 +276,7 @@ def additive_attention(
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     if impl == "triton":
+        _check_triton_runs(q)
         if causal:
             from lightnet_vision.kernels.additive.triton_causal import causal_additive_attention
 
@@ -302,6 +304,19 @@ def additive_attention(
         else:
             out = _NonCausal.apply(q, k, v, angles, lrpe)
     return out.to(out_dtype)
+
+
+def _check_triton_runs(q: Tensor) -> None:
+    # Without these checks Triton fails deep in its launcher ("0 active drivers") on a CPU tensor.
+    if not _triton_imports():
+        raise RuntimeError("impl='triton' needs Triton (pip install triton); impl='auto' or 'torch' runs without it")
+    interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    if not q.is_cuda and not interpreted:
+        raise RuntimeError(
+            f"impl='triton' runs the Triton kernels, which need CUDA tensors; these are on {q.device}. Use impl='auto' "
+            "(Triton on CUDA, PyTorch elsewhere) or impl='torch', or set TRITON_INTERPRET=1 before Triton is imported "
+            "to run the kernels in Triton's (slow) interpreter"
+        )
 
 
 def _check_angles(q: Tensor, angles: Tensor | None, lrpe: str) -> None:
