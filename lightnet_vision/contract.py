@@ -52,6 +52,11 @@ def apply_data_info(task_config: Namespace, data_info: DataInfo) -> None:
     arguments = task_cls.backbone_arguments(data_info, _plain(init_args))
     names, any_keyword = _accepted(backbone_cls)
     for key, value in arguments.items():
+        if value is None and key in task_cls.required_backbone_arguments:
+            raise ValueError(
+                f"{task_cls.__name__} sets the backbone's `{key}` from the data, but the DataModule's data_info gives "
+                f"none: set it in the DataModule's __init__ (see ImageDataModule)"
+            )
         if value is None:
             continue
         if key in names or any_keyword:

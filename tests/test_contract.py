@@ -154,3 +154,8 @@ def test_a_minimal_image_datamodule_predicts_with_the_default_transform(tmp_path
     write_digit_pngs(tmp_path / "images", 3)
     images, paths = next(iter(Minimal(str(tmp_path / "images")).predict_dataloader()))
     assert images.shape == (2, 1, 12, 12) and images.dtype == torch.float32 and len(paths) == 2
+
+
+def test_data_that_does_not_say_what_the_backbone_needs_is_an_error():
+    with pytest.raises(ValueError, match=r"ImageClassification sets the backbone's `num_classes` from the data"):
+        apply_data_info(task_config("lightnet_vision.models.LightNet"), DataInfo(image_size=16, in_chans=3))
