@@ -57,9 +57,44 @@ def fill_from_preset(model_cls: type[nn.Module], preset: str | None, **given: An
     return {key: arguments[key] for key in given}
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered preset; keyword arguments override it (`num_classes`, `img_size`, `depth`, ...)."""
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    pretrained_cfg: dict[str, Any] | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    features_only: bool = False,
+    out_indices: int | list[int] = 3,
+    **overrides,
+) -> nn.Module:
+    """Build a registered preset; keyword arguments override it (`num_classes`, `img_size`, `depth`, ...).
+
+    timm's keywords: `pretrained=True` loads the weights the model's pretrained_cfg names, as updated by the entries
+    of `pretrained_cfg` (the weights' description) and then `pretrained_cfg_overlay`: `file` (a folder written by
+    `save_pretrained`, a `.safetensors` or `.pth` state dict, a task checkpoint) or `hf_hub_id` (a Hub repository).
+    No weights are published yet, so without one it raises, saying so. A classifier given another `num_classes`
+    than the weights' keeps its fresh head. `features_only=True` returns timm's feature extractor of a classifier
+    (`FeatureGetterNet`, needs timm): a list of `[B, D, h, w]` maps from the blocks `out_indices` (an int n: the
+    last n), described by its `feature_info`.
+    """
     if name not in _presets:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     model_cls, _ = _presets[name]
-    return model_cls(preset=name, **overrides)
+    model = model_cls(preset=name, **overrides)
+    # The weights' description over the model's own (a classifier's names its head and first layer).
+    cfg = {**(getattr(model, "pretrained_cfg", None) or {"architecture": name}), **(pretrained_cfg or {})}
+    cfg.update(pretrained_cfg_overlay or {})
+    if hasattr(model, "pretrained_cfg"):  # the denoisers have none: they are not timm models
+        model.pretrained_cfg = model.default_cfg = cfg
+    if pretrained:
+        from lightnet_vision.models.hub import load_pretrained
+
+        load_pretrained(model, cfg)
+    if features_only:
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"{name} is not an image classifier: it has no features_only form")
+        try:
+            from timm.models._features import FeatureGetterNet
+        except ImportError as error:
+            raise ImportError("features_only wraps the model in timm's FeatureGetterNet: pip install timm") from error
+        model = FeatureGetterNet(model, out_indices=out_indices)
+    return model

@@ -95,3 +95,8 @@ def test_onnx_export_runs_in_onnxruntime_at_two_sizes(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-5)
 
+
+def test_tracing_warns_that_the_grid_is_fixed():
+    model = small_classifier()
+    with pytest.warns(UserWarning, match="traced LightNet holds the patch grid"):
+        torch.jit.trace(model, torch.randn(1, 3, 32, 32), check_trace=False)
