@@ -19,14 +19,16 @@ class LightNetDiTBlock(nn.Module):
         dim: Model width D.
         num_heads: Attention heads H.
         lrpe: How the MD-LRPE angles act in the attention: "rotary" or "cosine" (see `MDLRPE`).
+        mlp_ratio: The GLU has the parameters of an MLP of hidden width `mlp_ratio · D` (DiT's keyword): hidden
+            width `round(2 · mlp_ratio · D / 3)`, `round(8D/3)` at the default 4.
     """
 
-    def __init__(self, dim: int, num_heads: int, lrpe: str = "cosine") -> None:
+    def __init__(self, dim: int, num_heads: int, lrpe: str = "cosine", mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = LightNetAttention(dim, num_heads, lrpe=lrpe)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = GLU(dim)
+        self.mlp = GLU(dim, round(2 * mlp_ratio * dim / 3))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         nn.init.zeros_(self.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.adaLN_modulation[-1].bias)

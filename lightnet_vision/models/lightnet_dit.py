@@ -4,7 +4,14 @@ Latents `[B, C, h, w]` are patchified (patch 2, 4 or 8) → MD-TPE over the patc
 norms are modulated adaLN-Zero style by `timestep embedding + class embedding` → adaLN final layer → unpatchify.
 The denoiser knows nothing of noise schedules: that lives in `lightnet_vision.diffusion`. The layout, the anchor token
 and the presets: docs/method.md#denoiser.
+
+DiT's contract is kept (tests/models/test_lightnet_dit.py): every keyword of DiT's `DiT.__init__` with its meaning and
+default (the sizes through a preset), `learn_sigma=True` (noise and variance, 2C output channels; the variance is
+trained by the variational-bound term of `GaussianDiffusion.training_loss`), `forward(x, t, y)` and
+`forward_with_cfg`, which guides the noise prediction only.
 """
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from lightnet_vision.layers import MDLRPE, MDTPE, LabelEmbedder, LightNetDiTBlock, PatchEmbed, TimestepEmbedder
 from lightnet_vision.layers.adaln import modulate
 from lightnet_vision.models._registry import fill_from_preset, register_model
+from lightnet_vision.models.hub import HubMixin
 
 
 class FinalLayer(nn.Module):
@@ -29,7 +37,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class LightNetDiT(nn.Module):
+class LightNetDiT(nn.Module, HubMixin, tags=["diffusion", "class-conditional-image-generation"]):
     """Class-conditional (or unconditional) denoiser `forward(x, t, y)` of latents.
 
     Args:
@@ -41,9 +49,13 @@ class LightNetDiT(nn.Module):
         hidden_size: Model width D (default: the preset's).
         depth: Number of blocks L (default: the preset's).
         num_heads: Attention heads H (default: the preset's).
+        mlp_ratio: The GLU of each block has the parameters of an MLP `mlp_ratio · D` wide (DiT's keyword).
         class_dropout_prob: Probability of training with the null label (for classifier-free guidance).
         num_classes: Number of classes; 0 trains an unconditional model.
-        learn_sigma: Also predict the per-element variance (output has 2C channels, as in DiT).
+        learn_sigma: Also predict the per-element variance, as DiT does by default: the output has 2C channels,
+            noise (or velocity) then the variance's interpolation `v` between the posterior's and β_t's log
+            variance (improved DDPM's "learned range"). `GaussianDiffusion` trains it with the variational bound and
+            its "ddpm" sampler draws with it.
         grad_checkpointing: Recompute each block in the backward instead of storing its activations: the
             activation memory of training falls to about one block plus one `[B, N, D]` tensor per block, for
             roughly a third more compute. Same as `set_grad_checkpointing()`.
@@ -52,6 +64,8 @@ class LightNetDiT(nn.Module):
         tpe: MD-TPE form after the patch embedding: "symmetric" (the paper's), "asymmetric" (a decay per
             direction) or "none".
     """
+
+    hub_description = "a class-conditional latent-diffusion denoiser (DiT's interface)"
 
     def __init__(
         self,
@@ -62,9 +76,10 @@ class LightNetDiT(nn.Module):
         hidden_size: int | None = None,
         depth: int | None = None,
         num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
-        learn_sigma: bool = False,
+        learn_sigma: bool = True,
         grad_checkpointing: bool = False,
         lrpe: str = "rotary",
         tpe: str = "symmetric",
@@ -80,13 +95,31 @@ class LightNetDiT(nn.Module):
         self.num_classes = num_classes
         self.learn_sigma = learn_sigma
         self.grad_checkpointing = grad_checkpointing
+        # Constructor arguments (sizes resolved) for `model_args`.
+        self._arguments = {
+            "preset": preset,
+            "input_size": input_size,
+            "patch_size": patch_size,
+            "in_channels": in_channels,
+            "hidden_size": hidden_size,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "class_dropout_prob": class_dropout_prob,
+            "num_classes": num_classes,
+            "learn_sigma": learn_sigma,
+            "lrpe": lrpe,
+            "tpe": tpe,
+        }
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.pos_tpe = None if tpe == "none" else MDTPE(hidden_size, num_heads, num_axes=2, form=tpe)
         self.pos_lrpe = None if lrpe == "none" else MDLRPE(hidden_size // num_heads, num_axes=2, form=lrpe)
-        self.blocks = nn.ModuleList(LightNetDiTBlock(hidden_size, num_heads, lrpe=lrpe) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            LightNetDiTBlock(hidden_size, num_heads, lrpe=lrpe, mlp_ratio=mlp_ratio) for _ in range(depth)
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -123,6 +156,15 @@ class LightNetDiT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    @property
+    def architecture(self) -> str:
+        """The registered name of this model: its preset (lightnet_dit_s_2 when built from explicit sizes)."""
+        return self.preset or "lightnet_dit_s_2"
+
+    def model_args(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this model."""
+        return {**self._arguments, "grad_checkpointing": self.grad_checkpointing}
+
     def unpatchify(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         batch, p, c = x.shape[0], self.patch_size, self.out_channels
         h, w = grid
@@ -154,11 +196,15 @@ class LightNetDiT(nn.Module):
         return self.unpatchify(tokens, grid)  # [B, C_out, H, W]
 
     def forward_with_cfg(self, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float) -> Tensor:
-        """Classifier-free guidance over all output channels: `ε_null + s (ε_cond − ε_null)`, in one batched pass."""
+        """Classifier-free guidance of the noise prediction, `ε_null + s (ε_cond − ε_null)` on all C of its channels,
+        in one batched pass; a learned variance is the conditional one, not extrapolated. x `[B, C, H, W]`, t and y
+        `[B]` (DiT's takes the batch already doubled); returns `[B, C_out, H, W]`."""
         null = torch.full_like(y, self.num_classes)
         out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # [2B, C_out, H, W]
-        cond, uncond = out.chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
+        cond, uncond = out.chunk(2)  # [B, C_out, H, W] each
+        c = self.in_channels
+        guided = uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c])  # [B, C, H, W]
+        return torch.cat([guided, cond[:, c:]], dim=1)
 
 
 @register_model(LightNetDiT)

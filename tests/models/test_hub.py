@@ -1,4 +1,4 @@
-"""Hub checkpoints of the backbones through a local folder (no network): save_pretrained writes weights, config and
+"""Hub checkpoints of both backbones through a local folder (no network): save_pretrained writes weights, config and
 model card; from_pretrained, create_model(pretrained=True) and timm's local-dir loader give back the same model."""
 
 import json
@@ -6,13 +6,19 @@ import json
 import pytest
 import torch
 import yaml
+from diffusion_helpers import wake
 
-from lightnet_vision.models import LightNet, create_model
+from lightnet_vision.models import LightNet, LightNetDiT, create_model
 
 
 def classifier(**overrides) -> LightNet:
     arguments = {"preset": "lightnet_small", "depth": 2, "num_classes": 4, "in_chans": 1, "img_size": 32}
     return LightNet(**arguments | overrides).eval()
+
+
+def denoiser(**overrides) -> LightNetDiT:
+    arguments = {"preset": None, "hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": 2, "num_classes": 3}
+    return wake(LightNetDiT(**arguments | overrides)).eval()
 
 
 def model_card(folder) -> tuple[dict, str]:
@@ -44,6 +50,19 @@ def test_classifier_round_trip_through_a_folder(tmp_path):
     assert metadata["library_name"] == "lightnet-vision" and metadata["license"] == "apache-2.0"
     assert metadata["pipeline_tag"] == "image-classification" and "lightnet" in metadata["tags"]
     assert "LightNet.from_pretrained" in body and "timm.create_model" in body and '"embed_dim": 384' in body
+
+
+def test_denoiser_round_trip_through_a_folder(tmp_path):
+    model = denoiser(mlp_ratio=2.0, learn_sigma=True)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_args"] == model.model_args() and "pretrained_cfg" not in config
+    assert config["model_args"]["mlp_ratio"] == 2.0 and config["architecture"] == "lightnet_dit_s_2"
+    loaded = LightNetDiT.from_pretrained(tmp_path)
+    x, t, y = torch.randn(2, 4, 8, 12), torch.tensor([3, 700]), torch.tensor([0, 2])
+    torch.testing.assert_close(loaded(x, t, y), model(x, t, y), rtol=0, atol=0)
+    metadata, body = model_card(tmp_path)
+    assert "diffusion" in metadata["tags"] and "LightNetDiT.from_pretrained" in body and "timm" not in body
 
 
 def test_new_classes_keep_a_fresh_head_and_the_rest_of_the_weights(tmp_path):

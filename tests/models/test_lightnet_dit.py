@@ -1,4 +1,7 @@
-"""LightNet-DiT: every preset, adaLN-Zero initialisation, classifier-free guidance and label dropout."""
+"""LightNet-DiT: DiT's keywords and their meaning, every preset, adaLN-Zero initialisation, classifier-free guidance
+and label dropout."""
+
+import inspect
 
 import pytest
 import torch
@@ -11,6 +14,21 @@ DENOISERS = list_models(model_cls=LightNetDiT)
 # (hidden size, depth, heads) of DiT-S/B/L/XL. Configs and checkpoints name these presets: their sizes never change.
 DIT_SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
 TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2, "in_channels": 4, "num_classes": 5}
+# DiT's `DiT.__init__` (Peebles & Xie, models.py): its keywords and defaults. The sizes (patch, width, depth, heads;
+# DiT-XL/2 by default there) come from our preset, lightnet_dit_s_2 by default; every other default is DiT's.
+DIT_KEYWORDS = {
+    "input_size": 32,
+    "patch_size": 2,
+    "in_channels": 4,
+    "hidden_size": 1152,
+    "depth": 28,
+    "num_heads": 16,
+    "mlp_ratio": 4.0,
+    "class_dropout_prob": 0.1,
+    "num_classes": 1000,
+    "learn_sigma": True,
+}
+DIT_SIZE_KEYWORDS = ("patch_size", "hidden_size", "depth", "num_heads")
 
 
 def tiny_dit(**overrides) -> LightNetDiT:
@@ -22,6 +40,35 @@ def inputs(batch: int = 3, channels: int = 4, height: int = 8, width: int = 8):
     t = torch.randint(0, 1000, (batch,))
     y = torch.randint(0, 5, (batch,))
     return x, t, y
+
+
+def test_takes_every_keyword_of_dit_with_its_default():
+    parameters = inspect.signature(LightNetDiT).parameters
+    assert list(DIT_KEYWORDS) == [name for name in parameters if name in DIT_KEYWORDS]  # in DiT's order
+    for name, default in DIT_KEYWORDS.items():
+        expected = None if name in DIT_SIZE_KEYWORDS else default  # None: the preset's
+        assert parameters[name].default == expected, name
+    # DiT's arguments given by keyword build DiT's shapes: DiT-XL/2 here, at depth 1.
+    model = LightNetDiT(preset=None, **DIT_KEYWORDS | {"depth": 1})
+    assert (model.x_embedder.proj.out_channels, model.patch_size, model.blocks[0].attn.num_heads) == (1152, 2, 16)
+    assert model.learn_sigma and model.out_channels == 8  # noise and variance, as DiT's output
+    assert model.y_embedder.table.num_embeddings == 1001  # the classes and DiT's null class
+
+
+@pytest.mark.parametrize("mlp_ratio", [4.0, 2.0, 6.0])
+def test_mlp_ratio_sets_the_glu_to_the_parameters_of_that_mlp(mlp_ratio):
+    model = tiny_dit(hidden_size=48, mlp_ratio=mlp_ratio)
+    glu = model.blocks[0].mlp
+    mlp_parameters = 2 * 48 * int(mlp_ratio * 48)  # DiT's MLP: D -> mlp_ratio·D -> D, weights only
+    glu_parameters = glu.up.weight.numel() + glu.down.weight.numel()  # three D x hidden matrices
+    assert abs(glu_parameters - mlp_parameters) <= 3 * 48
+    assert glu.down.in_features == round(2 * mlp_ratio * 48 / 3)
+
+
+def test_a_preset_takes_patch_size_and_mlp_ratio():
+    model = create_model("lightnet_dit_s_2", patch_size=4, mlp_ratio=2.0, depth=1)
+    assert model.patch_size == 4 and model.blocks[0].mlp.down.in_features == 512  # 2·2·384/3
+    assert model(torch.randn(1, 4, 16, 16), torch.tensor([5])).shape == (1, 8, 16, 16)
 
 
 def test_every_size_and_patch_is_registered():
@@ -89,7 +136,7 @@ def test_fresh_model_predicts_zero():
 
 
 @pytest.mark.parametrize("learn_sigma", [False, True], ids=["eps", "eps+sigma"])
-def test_guidance_mixes_conditional_and_null_predictions_on_every_channel(learn_sigma):
+def test_guidance_extrapolates_the_noise_prediction_only(learn_sigma):
     model = wake(tiny_dit(learn_sigma=learn_sigma)).eval()
     x, t, y = inputs()
     null = torch.full_like(y, model.num_classes)
@@ -97,10 +144,12 @@ def test_guidance_mixes_conditional_and_null_predictions_on_every_channel(learn_
         cond, uncond = model(x, t, y), model(x, t, null)
         assert not torch.allclose(cond, uncond, atol=1e-4)  # the label matters, or guidance would test nothing
         torch.testing.assert_close(model.forward_with_cfg(x, t, y, 1.0), cond)
-        torch.testing.assert_close(model.forward_with_cfg(x, t, y, 0.0), uncond)
         guided = model.forward_with_cfg(x, t, y, 4.0)
-    assert guided.shape == cond.shape
-    torch.testing.assert_close(guided, uncond + 4.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    assert guided.shape == cond.shape == (3, 8 if learn_sigma else 4, 8, 8)
+    # Every one of the C noise channels is guided (DiT guides 3 of them for reproducibility; its comment gives
+    # all of them as the standard form); the variance is the conditional prediction's, never extrapolated.
+    torch.testing.assert_close(guided[:, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(guided[:, 4:], cond[:, 4:], rtol=0, atol=0)
 
 
 def test_unconditional_model_runs_without_labels():
@@ -108,7 +157,7 @@ def test_unconditional_model_runs_without_labels():
     x, t, _ = inputs()
     with torch.no_grad():
         out = model(x, t, None)
-        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert out.shape == (3, 8, 8, 8) and torch.isfinite(out).all()
         # The single learned "null" class is what y=None means.
         torch.testing.assert_close(out, model(x, t, torch.zeros(3, dtype=torch.long)), rtol=0, atol=0)
 
@@ -139,14 +188,14 @@ def test_other_latent_sizes_run_with_the_same_weights():
         for height, width in [(8, 8), (16, 8), (4, 12)]:
             x, t, y = inputs(height=height, width=width)
             out = model(x, t, y)
-            assert out.shape == x.shape and torch.isfinite(out).all()
+            assert out.shape == (3, 8, height, width) and torch.isfinite(out).all()
         # The grid axes are not interchangeable: the transposed latent is a different input.
         x, t, y = inputs(height=16, width=8)
         assert not torch.allclose(model(x.transpose(2, 3), t, y).transpose(2, 3), model(x, t, y), atol=1e-4)
 
 
 def test_unpatchify_puts_every_patch_back_in_place():
-    model = tiny_dit(in_channels=1, hidden_size=4, num_heads=1, patch_size=2)
+    model = tiny_dit(in_channels=1, hidden_size=4, num_heads=1, patch_size=2, learn_sigma=False)
     tokens = torch.zeros(1, 6, 2 * 2 * 1)  # a 2x3 grid of 2x2 patches of one channel, in row-major order
     tokens[0, 4] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # grid row 1, column 1; the patch in row-major order
     image = model.unpatchify(tokens, (2, 3))
