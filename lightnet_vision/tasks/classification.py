@@ -31,6 +31,9 @@ class ImageClassification(Task):
     Args:
         model: The backbone; it must take and expose `num_classes` (timm's interface). The CLI sets its
             `num_classes`, `in_chans` and `img_size` (where it takes them) from the data: a config never types them.
+            A backbone with timm's `pretrained_cfg` (LightNet, timm's models) gets the data's input size,
+            normalisation and class names written into it, so that what it saves (`save_pretrained`) and
+            timm's `resolve_data_config` describe the data it was trained on.
         optimizer: Called with the parameter groups (no weight decay on biases, norms and 1-D parameters).
         lr_scheduler: Called with the optimizer, the fit's total optimizer steps and the steps per epoch; stepped
             every optimizer step. None keeps the learning rate constant.
@@ -58,6 +61,7 @@ class ImageClassification(Task):
         super().__init__(model, optimizer, lr_scheduler, data_info, compile)
         self.save_hyperparameters()
         self.keep_config_hyperparameters()
+        describe_data(model, self.data_info)
         self.label_smoothing = label_smoothing
         num_classes = model.num_classes
         self.batch_mix = _batch_mix(mixup_alpha, cutmix_alpha, num_classes)
@@ -117,6 +121,26 @@ class ImageClassification(Task):
     def check_data(self) -> None:
         # Classes, channels and patch grid must agree with the data before the first step (lightnet_vision/checks.py).
         check_classifier_data(self.trainer.datamodule, self.model)
+
+
+def describe_data(model: nn.Module, data_info: DataInfo | None) -> None:
+    """Writes the data's input size, normalisation and class names into the backbone's timm `pretrained_cfg`
+    (`input_size`, `mean`, `std`, `num_classes`, `label_names`); data without a normalisation is used as it is (mean
+    0, std 1). A backbone without a pretrained_cfg is left alone."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if data_info is None or not isinstance(cfg, dict):
+        return
+    channels = data_info.in_chans
+    update: dict[str, Any] = {
+        "input_size": (channels, data_info.image_size, data_info.image_size),
+        "mean": tuple(data_info.mean) if data_info.mean is not None else (0.0,) * channels,
+        "std": tuple(data_info.std) if data_info.std is not None else (1.0,) * channels,
+    }
+    if data_info.num_classes is not None:
+        update["num_classes"] = data_info.num_classes
+    if data_info.class_names is not None:
+        update["label_names"] = tuple(data_info.class_names)
+    model.pretrained_cfg = model.default_cfg = {**cfg, **update}
 
 
 def _batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:

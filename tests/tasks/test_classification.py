@@ -1,6 +1,7 @@
 """ImageClassification: parameter groups, the warm-up cosine schedule, MixUp/CutMix, metrics and logged names."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -189,3 +190,20 @@ def test_fit_logs_the_documented_metrics_and_steps_the_schedule_per_step(tmp_pat
     (results,) = trainer.test(task, datamodule=data, verbose=False)
     assert {"test/acc1", "test/acc5"} <= results.keys() and {"test/acc1", "test/acc5"} <= trainer.logged_metrics.keys()
     assert 0 <= results["test/acc1"] <= results["test/acc5"] <= 1
+
+
+def test_the_backbone_describes_the_data_it_is_trained_on(tmp_path):
+    # What the saved model says of its inputs (save_pretrained; timm's resolve_data_config) is the data's.
+    names = [f"digit {i}" for i in range(10)]
+    data_info = {"image_size": 16, "in_chans": 1, "num_classes": 10, "class_names": names, "mean": [0.5], "std": [0.25]}
+    task = ImageClassification(tiny_lightnet(), data_info=data_info)
+    cfg = task.model.pretrained_cfg
+    assert task.model.default_cfg is cfg
+    assert (cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"]) == ((1, 16, 16), (0.5,), (0.25,), 10)
+    assert cfg["label_names"] == tuple(names) and cfg["classifier"] == "head"  # the rest is the model's own
+    task.model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]
+    assert saved["label_names"] == names and saved["mean"] == [0.5] and saved["input_size"] == [1, 16, 16]
+    # Images used as they are: mean 0 and std 1, whatever the backbone assumed.
+    unnormalised = ImageClassification(tiny_lightnet(), data_info={"image_size": 16, "in_chans": 1, "num_classes": 10})
+    assert (unnormalised.model.pretrained_cfg["mean"], unnormalised.model.pretrained_cfg["std"]) == ((0.0,), (1.0,))
