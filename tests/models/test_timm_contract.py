@@ -53,28 +53,22 @@ def test_pretrained_cfg_describes_the_model_as_built(name):
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_pretrained_keywords(name, tmp_path):
-    assert create_model(name, pretrained=False, depth=1).num_classes == 1000
     # No weights are published: pretrained=True says so and how to give some.
     with pytest.raises(
         RuntimeError, match=rf"no pretrained weights of {name} are published yet.*pretrained_cfg_overlay"
     ):
         create_model(name, pretrained=True, depth=1)
-    # The overlay is merged into the model's pretrained_cfg...
-    model = create_model(name, depth=1, pretrained_cfg_overlay={"crop_pct": 1.0, "mean": (0.5, 0.5, 0.5)})
-    assert model.pretrained_cfg["crop_pct"] == 1.0 and model.pretrained_cfg["input_size"] == (3, 224, 224)
+    # pretrained=False builds; the overlay is merged into the model's pretrained_cfg...
+    source = create_model(name, pretrained=False, depth=1, pretrained_cfg_overlay={"crop_pct": 1.0, "mean": (0.5,) * 3})
+    assert source.pretrained_cfg["crop_pct"] == 1.0 and source.pretrained_cfg["input_size"] == (3, 224, 224)
     # ...and a file it names is loaded, into a model with another head too (fine-tuning).
-    source = create_model(name, **SMALL)
-    save_file(source.state_dict(), tmp_path / "weights.safetensors")
-    loaded = create_model(
-        name, pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "weights.safetensors")}, **SMALL
-    )
-    assert all(
-        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values(), strict=True)
-    )
-    finetune = create_model(
-        name, pretrained=True, pretrained_cfg={"file": str(tmp_path / "weights.safetensors")}, depth=2, num_classes=3
-    )
-    torch.testing.assert_close(finetune.blocks[1].mlp.up.weight, source.blocks[1].mlp.up.weight)
+    weights = str(tmp_path / "weights.safetensors")
+    save_file(source.state_dict(), weights)
+    loaded = create_model(name, depth=1, pretrained=True, pretrained_cfg_overlay={"file": weights})
+    for (key, value), expected in zip(loaded.state_dict().items(), source.state_dict().values(), strict=True):
+        assert torch.equal(value, expected), key
+    finetune = create_model(name, depth=1, num_classes=3, pretrained=True, pretrained_cfg={"file": weights})
+    torch.testing.assert_close(finetune.blocks[0].mlp.up.weight, source.blocks[0].mlp.up.weight)
     assert finetune.head.out_features == 3
 
 
