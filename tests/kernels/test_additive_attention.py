@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from lightnet_vision.kernels import additive_attention
+from lightnet_vision.kernels.additive import pytorch as additive_pytorch
 from lightnet_vision.kernels.additive.naive import naive_additive_attention, naive_causal_states, rotate
 
 # Relative-RMSE tolerance of each input dtype against the fp32 reference on the same (cast) inputs.
@@ -291,3 +292,81 @@ def test_bad_lrpe_raises():
         additive_attention(*(torch.randn(1, 6, 2, 5),) * 3, angles=torch.zeros(6, 2), lrpe="rotary")
     with pytest.raises(ValueError, match="lrpe"):
         additive_attention(q, q, q, lrpe="sine")
+
+
+def silu_inputs(b: int, n: int, h: int, k: int, v: int) -> list[Tensor]:
+    # Pre-activation queries of both signs (SiLU is not monotone below zero), keys and values.
+    return [torch.randn(b, n, h, dim).requires_grad_() for dim in (k, k, v)]
+
+
+@pytest.mark.parametrize("lrpe", ["cosine", "rotary", "none"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_silu_inside_the_op_matches_silu_before_it(causal, lrpe):
+    # q_activation="silu": the op applies SiLU to q itself; the output and every gradient (dq with respect to the
+    # pre-activation q) equal the dense twin's, which applies SiLU first.
+    q, key, value = silu_inputs(2, 63, 2, 8, 6)
+    angles = None if lrpe == "none" else lrpe_angles(63, 8, lrpe)
+    do = torch.randn(2, 63, 2, 6)
+    out = additive_attention(q, key, value, causal=causal, angles=angles, lrpe=lrpe, q_activation="silu", chunk_size=16)
+    out.backward(do)
+    reference = [x.detach().requires_grad_() for x in (q, key, value)]
+    form = "cosine" if lrpe == "none" else lrpe
+    ref = naive_additive_attention(*reference, causal=causal, angles=angles, lrpe=form, q_activation="silu")
+    ref.backward(do)
+    assert_close("o", ref, out, 1e-5)
+    for name, x, r in zip(["dq", "dk", "dv"], (q, key, value), reference, strict=True):
+        assert_close(name, r.grad, x.grad, 1e-5)
+
+
+def test_silu_inside_the_op_passes_gradcheck_and_gradgradcheck():
+    q, key, value = (x.detach().double().requires_grad_() for x in silu_inputs(1, 5, 2, 4, 3))
+    angles = lrpe_angles(5, 4, "rotary", torch.float64).requires_grad_()
+
+    def fn(q, key, value, angles):
+        return additive_attention(q, key, value, angles=angles, lrpe="rotary", q_activation="silu")
+
+    assert torch.autograd.gradcheck(fn, (q, key, value, angles))
+    assert torch.autograd.gradgradcheck(fn, (q, key, value, angles))
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ["no SiLU derivative", "rotation turned the wrong way"],
+)
+def test_the_silu_comparison_catches_a_planted_bug(planted, monkeypatch):
+    # The equality above fails when the backward forgets SiLU's derivative, or when the in-place rotation of the
+    # forward turns the pairs by -Θ: the test would catch either.
+    if planted == "no SiLU derivative":
+        monkeypatch.setattr(additive_pytorch, "activate_adjoint", lambda grad, q, q_activation: grad)
+    else:
+        original = additive_pytorch._encode_own
+        monkeypatch.setattr(additive_pytorch, "_encode_own", lambda x, cos, sin, lrpe: original(x, cos, -sin, lrpe))
+    q, key, value = silu_inputs(2, 20, 2, 8, 6)
+    angles = lrpe_angles(20, 8, "rotary")
+    out = additive_attention(q, key, value, angles=angles, lrpe="rotary", q_activation="silu")
+    out.backward(torch.ones_like(out))
+    reference = [x.detach().requires_grad_() for x in (q, key, value)]
+    ref = naive_additive_attention(*reference, angles=angles, lrpe="rotary", q_activation="silu")
+    ref.backward(torch.ones_like(ref))
+    with pytest.raises(AssertionError):
+        assert_close("o", ref, out, 1e-5)
+        assert_close("dq", reference[0].grad, q.grad, 1e-5)
+
+
+@pytest.mark.parametrize("lrpe", ["cosine", "rotary", "none"])
+def test_the_op_keeps_the_pre_activation_qkv_and_the_state_only(lrpe):
+    # q, k and v cut out of one qkv tensor, as the layer does: the backward keeps that storage, the [B, H, K', V]
+    # state and the angles, nothing [B, N, ·]-sized besides; SiLU applied before the op adds a q-sized tensor.
+    from benchmarks.saved_bytes import saved_bytes
+
+    batch, n, heads, dim = 2, 50, 3, 8
+    qkv = torch.randn(batch, n, 3, heads, dim, requires_grad=True)
+    q, key, value = qkv.unbind(2)
+    angles = None if lrpe == "none" else lrpe_angles(n, dim, lrpe)
+    width = 2 * dim if lrpe == "cosine" else dim
+    state_bytes = batch * heads * width * dim * 4
+    expected = qkv.numel() * 4 + state_bytes + (0 if angles is None else angles.numel() * 4)
+    inside = saved_bytes(lambda: additive_attention(q, key, value, angles=angles, lrpe=lrpe, q_activation="silu"))
+    assert inside == expected
+    before = saved_bytes(lambda: additive_attention(torch.nn.functional.silu(q), key, value, angles=angles, lrpe=lrpe))
+    assert before == expected + q.numel() * 4

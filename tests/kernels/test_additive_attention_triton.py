@@ -503,4 +503,25 @@ def test_custom_ops_pass_torch_library_checks(lrpe):
     # Schema, fake (meta) shapes and strides, autograd registration and AOT dispatch of the registered op.
     q, key, value = (x.detach().to(DEVICE).requires_grad_() for x in make_inputs(2, 20, 2, 8, 4, torch.float32))
     angles = None if lrpe == "none" else (torch.rand(20, 8 if lrpe == "cosine" else 4) * 6.3).to(DEVICE)
-    torch.library.opcheck(triton_noncausal._forward_op, (q, key, value, angles, lrpe, None, False))
+    torch.library.opcheck(triton_noncausal._forward_op, (q, key, value, angles, lrpe, None, False, "none"))
+    torch.library.opcheck(triton_noncausal._forward_op, (q, key, value, angles, lrpe, None, False, "silu"))
+
+
+@pytest.mark.parametrize("lrpe", ["rotary", "none"])
+def test_silu_inside_the_op_matches_naive(lrpe):
+    # q_activation="silu" through the kernels: the output and every gradient (dq with respect to the pre-activation
+    # q, which is what the op keeps) equal the dense twin's with SiLU applied first.
+    q, key, value = (torch.randn(2, 20, 2, dim) for dim in (8, 8, 6))
+    angles = None if lrpe == "none" else torch.rand(20, 4) * 6.3
+    do = torch.randn(2, 20, 2, 6)
+    inputs = [x.to(DEVICE).requires_grad_() for x in (q, key, value)]
+    device_angles = None if angles is None else angles.to(DEVICE)
+    out = additive_attention(*inputs, angles=device_angles, lrpe=lrpe, impl="triton", q_activation="silu")
+    out.backward(do.to(DEVICE))
+    reference = [x.requires_grad_() for x in (q, key, value)]
+    form = "cosine" if lrpe == "none" else lrpe
+    ref = naive_additive_attention(*reference, angles=angles, lrpe=form, q_activation="silu")
+    ref.backward(do)
+    assert_close("o", ref, out, 1e-5)
+    for name, x, r in zip(["dq", "dk", "dv"], inputs, reference, strict=True):
+        assert_close(name, r.grad, x.grad, 1e-5)

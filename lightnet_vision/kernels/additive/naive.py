@@ -1,6 +1,7 @@
 """Dense reference for the additive attention of LightNet (arXiv 2405.21022). For tests only: O(N²) time and memory."""
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 LRPE_FORMS = ("cosine", "rotary")
@@ -32,17 +33,26 @@ def _encode(x: Tensor, angles: Tensor, lrpe: str) -> Tensor:
 
 
 def naive_additive_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, angles: Tensor | None = None, lrpe: str = "cosine"
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    angles: Tensor | None = None,
+    lrpe: str = "cosine",
+    q_activation: str = "none",
 ) -> Tensor:
     """The op written out densely in (at least) fp32; returns `[B, N, H, V]` in `v.dtype`.
 
     `lrpe` says how `angles` act on q and on the normalised keys: "cosine" (angles `[N, K]`, the paper's
-    `[x cos Θ, x sin Θ]`) or "rotary" (angles `[N, K/2]`, channel pairs rotated).
+    `[x cos Θ, x sin Θ]`) or "rotary" (angles `[N, K/2]`, channel pairs rotated). `q_activation` "silu" applies SiLU
+    to q first.
     """
     if lrpe not in LRPE_FORMS:
         raise ValueError(f"lrpe must be one of {LRPE_FORMS}, got {lrpe!r}")
     dtype = torch.promote_types(v.dtype, torch.float32)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if q_activation == "silu":
+        q = F.silu(q)
     n = q.shape[1]
     if not causal:
         k_bar = k.softmax(dim=1)  # softmax over the N tokens, per channel

@@ -5,12 +5,16 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Input dtypes the Triton kernels accumulate in fp32 without loss; fp64 stays on the PyTorch path.
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # How MD-LRPE angles act on q and on the normalised keys (README.md, "MD-LRPE").
 LRPE_FORMS = ("cosine", "rotary")
+# The feature map the op applies to q itself: "silu" takes pre-activation queries, so that the backward keeps those
+# (which it needs anyway) instead of both them and their SiLU.
+Q_ACTIVATIONS = ("none", "silu")
 
 
 @functools.cache
@@ -67,11 +71,31 @@ def _triton_supports(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, cau
     return angles is None or not (angles.requires_grad and torch.is_grad_enabled())
 
 
+def activate(q: Tensor, q_activation: str) -> Tensor:
+    """The query feature map inside the op: SiLU, or none."""
+    return F.silu(q) if q_activation == "silu" else q
+
+
+def activate_adjoint(grad: Tensor, q: Tensor, q_activation: str) -> Tensor:
+    """A gradient with respect to the activated q back to the pre-activation q: `σ(q)(1 + q(1 − σ(q)))` for SiLU."""
+    if q_activation != "silu":
+        return grad
+    if torch.is_grad_enabled():  # a differentiated backward: the fused silu_backward has no derivative of its own
+        sigmoid = torch.sigmoid(q)
+        return grad * sigmoid * (1 + q * (1 - sigmoid))
+    return torch.ops.aten.silu_backward(grad, q)
+
+
 def encode(x: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> Tensor:
     """MD-LRPE on the last dim of x `[..., K]`: cosine `[x cos Θ, x sin Θ]` (2K wide), rotary pairs `(c, c + K/2)`
-    turned by Θ (K wide), or x unchanged without angles. cos and sin broadcast against x (rotary: K/2 wide)."""
+    turned by Θ (K wide), or x unchanged without angles. cos and sin broadcast against x (rotary: K/2 wide).
+
+    Without a graph to record (the forward and backward of the autograd functions) the halves are written straight
+    into one contiguous output, two passes instead of a product per half, their sum and a concatenation."""
     if cos is None:
         return x
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _encode_into(x, cos, sin, lrpe, adjoint=False)
     if lrpe == "cosine":
         return torch.cat([x * cos, x * sin], dim=-1)
     x1, x2 = x.chunk(2, dim=-1)
@@ -82,10 +106,57 @@ def encode_adjoint(g: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str)
     """The transpose of `encode`: a gradient with respect to the encoded x back to x."""
     if cos is None:
         return g
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _encode_into(g, cos, sin, lrpe, adjoint=True)
     g1, g2 = g.chunk(2, dim=-1)
     if lrpe == "cosine":
         return g1 * cos + g2 * sin
     return torch.cat([g1 * cos + g2 * sin, g2 * cos - g1 * sin], dim=-1)
+
+
+def _encoded_queries(q: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str, q_activation: str) -> Tensor:
+    # The encoded, activated queries, head-major [B, H, N, K'] from q [B, N, H, K], without autograd: SiLU writes a
+    # contiguous head-major tensor (which the products then read without a copy), which is turned in place.
+    heads_first = q.transpose(1, 2)
+    if q_activation == "none":
+        return encode(heads_first, cos, sin, lrpe)
+    activated = torch.empty(heads_first.shape, dtype=q.dtype, device=q.device)
+    torch.ops.aten.silu.out(heads_first, out=activated)
+    return _encode_own(activated, cos, sin, lrpe)
+
+
+def _encode_own(x: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> Tensor:
+    # `encode` of a tensor this code owns (no autograd): rotary pairs are turned in place, with a half-width
+    # temporary, instead of into a new tensor.
+    if cos is None or lrpe == "cosine":
+        return encode(x, cos, sin, lrpe)
+    first, second = x.chunk(2, dim=-1)
+    copy = first.clone()
+    first.mul_(cos).addcmul_(second, sin, value=-1.0)
+    second.mul_(cos).addcmul_(copy, sin)
+    return x
+
+
+def _encode_into(x: Tensor, cos: Tensor, sin: Tensor, lrpe: str, adjoint: bool) -> Tensor:
+    # `encode` (or its adjoint) into a fresh contiguous tensor with `out=` and in-place products; no autograd.
+    dtype = torch.promote_types(x.dtype, cos.dtype)
+    if lrpe == "cosine" and not adjoint:  # [x cos, x sin]
+        out = torch.empty((*x.shape[:-1], 2 * x.shape[-1]), dtype=dtype, device=x.device)
+        first, second = out.chunk(2, dim=-1)
+        torch.mul(x, cos, out=first)
+        torch.mul(x, sin, out=second)
+        return out
+    x1, x2 = x.chunk(2, dim=-1)
+    if lrpe == "cosine":  # g1 cos + g2 sin
+        out = torch.mul(x1, cos, out=torch.empty(x1.shape, dtype=dtype, device=x.device))
+        return out.addcmul_(x2, sin)
+    # Rotary: turn each pair (x1, x2) by +Θ, or by −Θ for the adjoint.
+    sign = -1.0 if adjoint else 1.0
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    first, second = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=first).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=second).addcmul_(x1, sin, value=sign)
+    return out
 
 
 def _angle_grad(grad_encoded: Tensor, x: Tensor, cos: Tensor, sin: Tensor, lrpe: str) -> Tensor:
@@ -99,30 +170,48 @@ def _angle_grad(grad_encoded: Tensor, x: Tensor, cos: Tensor, sin: Tensor, lrpe:
 
 
 class _NonCausal(torch.autograd.Function):
-    """`o = q̃ (k̃ᵀ v)` with a hand-written backward that keeps only q, k, v, the `[B, H, K', V]` state and the
-    log-normaliser: the softmax-normalised keys and the encoded tensors are rebuilt in the backward instead of being
-    stored per layer. The formulas are those of README.md (Triton kernels, non-causal). Inside, tensors are
-    head-major `[B, H, N, ·]`, so that every product is one batched matmul over contiguous (or transposed) operands;
-    the gradients go back as `[B, N, H, ·]` views. The backward is built from differentiable ops on the inputs, so
-    second derivatives (`create_graph=True`: gradient penalties, Hessian-vector products) are right too."""
+    """`o = q̃ (k̃ᵀ v)` with a hand-written backward that keeps only q (before its activation), k, v and the small
+    `[B, H, K', V]` state: the activated q, the softmax-normalised keys and the encoded tensors are rebuilt in the
+    backward instead of being stored per layer. The formulas are those of README.md (Triton kernels, non-causal).
+    Inside, tensors are head-major `[B, H, N, ·]`, so that every product is one batched matmul over contiguous (or
+    transposed) operands; the gradients go back as `[B, N, H, ·]` views. The backward is built from differentiable
+    ops on the inputs, so second derivatives (`create_graph=True`: gradient penalties, Hessian-vector products) are
+    right too."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, q_activation: str) -> Tensor:
         cos, sin = _cos_sin(angles)
-        log_norm, state = _key_state(k.transpose(1, 2), v.transpose(1, 2), cos, sin, lrpe)
-        ctx.save_for_backward(q, k, v, angles, state, log_norm)
-        ctx.lrpe = lrpe
-        return (encode(q.transpose(1, 2), cos, sin, lrpe) @ state).transpose(1, 2)  # [B, N, H, V]
+        ctx.lrpe, ctx.q_activation = lrpe, q_activation
+        if torch.compiler.is_compiling():  # the compiler plans the memory: the plain products
+            state = _key_state(_key_weights(k.transpose(1, 2)), v.transpose(1, 2), cos, sin, lrpe)
+            ctx.save_for_backward(q, k, v, angles, state)
+            encoded_q = encode(activate(q.transpose(1, 2), q_activation), cos, sin, lrpe)
+            return (encoded_q @ state).transpose(1, 2)
+        batch, n, heads, dim_k = k.shape
+        dim_v = v.shape[-1]
+        # The state (kept for the backward) and the output first, the temporaries after them: freed, these leave
+        # the top of the heap instead of holes under what the backward keeps.
+        width = 2 * dim_k if cos is not None and lrpe == "cosine" else dim_k
+        state = v.new_empty(batch, heads, width, dim_v)  # [B, H, K', V]
+        out = v.new_empty(batch, heads, n, dim_v)
+        encoded_k = _encode_own(_key_weights(k.transpose(1, 2)), cos, sin, lrpe)  # [B, H, N, K']
+        for head in range(heads):  # per head, so that the values are read in place, without a head-major copy
+            torch.bmm(encoded_k[:, head].transpose(1, 2), v[:, :, head], out=state[:, head])
+        del encoded_k
+        torch.matmul(_encoded_queries(q, cos, sin, lrpe, q_activation), state, out=out)
+        ctx.save_for_backward(q, k, v, angles, state)
+        return out.transpose(1, 2)  # [B, N, H, V]
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, None]:
-        q, k, v, angles, state, log_norm = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, angles, state = ctx.saved_tensors
         if torch.is_grad_enabled():
             # Differentiating this backward (create_graph=True): the saved state was built without a graph, so it
             # is rebuilt from k and v for the second derivative to reach them.
-            state = log_norm = None
-        grads = noncausal_gradients(q, k, v, angles, ctx.lrpe, grad_out, ctx.needs_input_grad[3], state, log_norm)
-        return (*grads, None)
+            state = None
+        angle_grad = ctx.needs_input_grad[3]
+        grads = noncausal_gradients(q, k, v, angles, ctx.lrpe, grad_out, angle_grad, state, ctx.q_activation)
+        return (*grads, None, None)
 
 
 def noncausal_gradients(
@@ -134,30 +223,54 @@ def noncausal_gradients(
     grad_out: Tensor,
     angle_grad: bool = False,
     state: Tensor | None = None,
-    log_norm: Tensor | None = None,
+    q_activation: str = "none",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """`(dq, dk, dv, dΘ)` of the non-causal op for inputs `[B, N, H, ·]` (dΘ only with `angle_grad`), from the
-    head-major state `[B, H, K', V]` and log-normaliser `[B, H, 1, K]` of the forward, or rebuilt from k and v when
-    not given. Computed in the inputs' dtype; the Triton op falls back on it when its backward kernels fail."""
+    """`(dq, dk, dv, dΘ)` of the non-causal op for inputs `[B, N, H, ·]` (dΘ only with `angle_grad`; dq with respect
+    to the q given, before `q_activation`), from the head-major state `[B, H, K', V]` of the forward, or rebuilt from
+    k and v when not given. Computed in the inputs' dtype; the Triton op falls back on it when its backward kernels
+    fail."""
     cos, sin = _cos_sin(angles)
+    # Without a graph to record (no second derivative, no compilation) the products may write into buffers.
+    own = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    tokens_q, tokens_v = q, v  # [B, N, H, ·]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, N, ·]
-    if state is None or log_norm is None:
-        log_norm, state = _key_state(k, v, cos, sin, lrpe)
     grad_out = grad_out.transpose(1, 2)  # [B, H, N, V]
-    k_bar = torch.exp(k - log_norm)
-    encoded_q = encode(q, cos, sin, lrpe)  # [B, H, N, K']
-    grad_state = encoded_q.transpose(2, 3) @ grad_out  # [B, H, K', V]
-    grad_q_encoded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
-    grad_k_encoded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the encoded k̄
-    grad_v = encode(k_bar, cos, sin, lrpe) @ grad_state  # [B, H, N, V]
-    # Through the softmax over tokens, per channel: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄).
-    grad_k_bar = encode_adjoint(grad_k_encoded, cos, sin, lrpe)  # [B, H, N, K]
-    grad_k = k_bar * (grad_k_bar - (k_bar * grad_k_bar).sum(dim=2, keepdim=True))
+    if own:
+        grad_out = grad_out.contiguous()  # once, for the two products below (a no-op for the layer's gradient)
     grad_angles = None
+    # Each rebuilt tensor is dropped as soon as its last product is taken: what is alive here adds to the peak of
+    # the step, which the backward of the last block reaches with every other block's saved tensors still held.
+    if own and not angle_grad:
+        activated_q, encoded_q = None, _encoded_queries(tokens_q, cos, sin, lrpe, q_activation)
+    else:
+        activated_q = activate(q, q_activation)
+        encoded_q = encode(activated_q, cos, sin, lrpe)  # [B, H, N, K']
+    grad_state = encoded_q.transpose(2, 3) @ grad_out  # [B, H, K', V]
+    del encoded_q
+    k_bar = _key_weights(k)  # [B, H, N, K]
+    encoded_k = encode(k_bar, cos, sin, lrpe)  # [B, H, N, K']
+    if state is None:
+        state = _key_state(k_bar, v, cos, sin, lrpe, encoded_k)
+    grad_q_encoded = grad_out @ state.transpose(2, 3)  # [B, H, N, K']
     if angle_grad:
-        grad_angles = _angle_grad(grad_q_encoded, q, cos, sin, lrpe)
+        grad_angles = _angle_grad(grad_q_encoded, activated_q, cos, sin, lrpe)
+    del activated_q
+    grad_q = activate_adjoint(encode_adjoint(grad_q_encoded, cos, sin, lrpe), q, q_activation)
+    del grad_q_encoded
+    grad_v = encoded_k @ grad_state  # [B, H, N, V]
+    del encoded_k
+    if own:  # per head, so that the values are read in place, without a head-major copy
+        grad_k_encoded = grad_state.new_empty(*v.shape[:3], grad_state.shape[2])  # [B, H, N, K']
+        for head in range(v.shape[1]):
+            torch.bmm(tokens_v[:, :, head], grad_state[:, head].transpose(1, 2), out=grad_k_encoded[:, head])
+    else:
+        grad_k_encoded = v @ grad_state.transpose(2, 3)  # gradient w.r.t. the encoded k̄
+    if angle_grad:
         grad_angles = grad_angles + _angle_grad(grad_k_encoded, k_bar, cos, sin, lrpe)
-    grad_q = encode_adjoint(grad_q_encoded, cos, sin, lrpe)
+    # Through the softmax over tokens, per channel: dk = k̄ ⊙ (dk̄ − Σ_n k̄ dk̄), one fused op.
+    grad_k_bar = encode_adjoint(grad_k_encoded, cos, sin, lrpe)  # [B, H, N, K]
+    del grad_k_encoded
+    grad_k = torch._softmax_backward_data(grad_k_bar, k_bar, 2, k_bar.dtype)
     return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), grad_angles
 
 
@@ -166,10 +279,18 @@ def _cos_sin(angles: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     return (None, None) if angles is None else (angles.cos(), angles.sin())
 
 
-def _key_state(k: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str) -> tuple[Tensor, Tensor]:
-    # The log-normaliser [B, H, 1, K] of the softmax over the N tokens and the state k̃ᵀ v [B, H, K', V].
-    log_norm = torch.logsumexp(k, dim=2, keepdim=True)
-    return log_norm, encode(torch.exp(k - log_norm), cos, sin, lrpe).transpose(2, 3) @ v
+def _key_weights(k: Tensor) -> Tensor:
+    # k̄: the softmax over the N tokens of every key channel, head-major [B, H, N, K] (one fused op; the backward
+    # rebuilds it the same way rather than keeping it).
+    return torch.softmax(k, dim=2)
+
+
+def _key_state(
+    k_bar: Tensor, v: Tensor, cos: Tensor | None, sin: Tensor | None, lrpe: str, encoded_k: Tensor | None = None
+) -> Tensor:
+    # The state k̃ᵀ v [B, H, K', V] of the normalised keys (encoded_k: k̃ if already formed).
+    encoded_k = encode(k_bar, cos, sin, lrpe) if encoded_k is None else encoded_k
+    return encoded_k.transpose(2, 3) @ v
 
 
 def _duplicate(x: Tensor, rotated: bool) -> Tensor:
@@ -240,6 +361,7 @@ def additive_attention(
     lrpe: str = "cosine",
     chunk_size: int = 64,
     impl: str = "auto",
+    q_activation: str = "none",
 ) -> Tensor:
     """Additive (softmax-over-tokens) linear attention.
 
@@ -249,7 +371,7 @@ def additive_attention(
     log-normaliser, the state and every sum are kept in fp32 (or the input dtype if wider), also under autocast.
 
     Args:
-        q: Activated queries `[B, N, H, K]`.
+        q: Queries `[B, N, H, K]`, activated unless `q_activation` names the activation to apply.
         k: Raw key logits `[B, N, H, K]`; `-inf` marks a padded token.
         v: Values `[B, N, H, V]`.
         causal: Normalise over the prefix `s <= t` (raster order) instead of over all tokens.
@@ -263,6 +385,8 @@ def additive_attention(
             the tensors are on CUDA, Triton imports and the case is supported (non-causal, fp32/bf16/fp16, K and V
             up to 128, fixed angles), else PyTorch. With "auto", a Triton compile or launch error (forward or
             backward) warns once, naming the shapes and the error, and those shapes use PyTorch from then on.
+        q_activation: `"silu"` applies SiLU to q inside the op (the LightNet layer's `φ`), whose backward then keeps
+            only the pre-activation q and recomputes its SiLU; `"none"` takes q as it is.
 
     Returns:
         `[B, N, H, V]` in the dtype of `v`.
@@ -275,21 +399,23 @@ def additive_attention(
     _check_angles(q, angles, lrpe)
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    if q_activation not in Q_ACTIVATIONS:
+        raise ValueError(f"q_activation must be one of {Q_ACTIVATIONS}, got {q_activation!r}")
     if impl == "triton":
         _check_triton_runs(q)
         if causal:
             from lightnet_vision.kernels.additive.triton_causal import causal_additive_attention
 
-            return causal_additive_attention(q, k, v, angles, lrpe)
+            return causal_additive_attention(activate(q, q_activation), k, v, angles, lrpe)
         from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
 
-        return noncausal_additive_attention(q, k, v, angles, lrpe)
+        return noncausal_additive_attention(q, k, v, angles, lrpe, q_activation=q_activation)
     if impl == "auto" and _triton_supports(q, k, v, angles, causal, lrpe):
         from lightnet_vision.kernels.additive.triton_noncausal import noncausal_additive_attention
 
         # With fallback=True the op itself runs PyTorch for shape classes whose kernels failed, at run time, so
         # that this also holds inside a compiled graph.
-        return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True)
+        return noncausal_additive_attention(q, k, v, angles, lrpe, fallback=True, q_activation=q_activation)
     out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -300,9 +426,9 @@ def additive_attention(
                 # One angle per key channel: a rotary pair's angle serves both of its channels.
                 per_channel = angles if lrpe == "cosine" else torch.cat([angles, angles], dim=-1)
                 cos, sin = per_channel.cos()[None, :, None, :], per_channel.sin()[None, :, None, :]  # [1, N, 1, K]
-            out = _causal(q, k, v, cos, sin, chunk_size, lrpe)
+            out = _causal(activate(q, q_activation), k, v, cos, sin, chunk_size, lrpe)
         else:
-            out = _NonCausal.apply(q, k, v, angles, lrpe)
+            out = _NonCausal.apply(q, k, v, angles, lrpe, q_activation)
     return out.to(out_dtype)
 
 

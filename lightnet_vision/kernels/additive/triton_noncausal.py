@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lightnet_vision.kernels.additive.pytorch import report_triton_failure, triton_failed
+from lightnet_vision.kernels.additive.pytorch import activate, activate_adjoint, report_triton_failure, triton_failed
 from lightnet_vision.kernels.additive.triton_blocks import (
     KernelConfig,
     accumulate_state,
@@ -453,10 +453,20 @@ def additive_bwd(
 
 # The op is registered with torch.library, so that torch.compile sees one opaque operator (no graph break, its own
 # shapes from the fake implementations) and eager mode runs the kernels as they are.
+# With q_activation "silu" the ops take the pre-activation q, which is what the backward keeps: its SiLU is formed on
+# the host for the kernels in the forward and again in the backward, whose dq goes back through SiLU's derivative.
 @torch.library.custom_op("lightnet_vision::additive_noncausal_forward", mutates_args=())
 def _forward_op(
-    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, num_splits: int | None, fallback: bool
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    angles: Tensor | None,
+    lrpe: str,
+    num_splits: int | None,
+    fallback: bool,
+    q_activation: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    q = activate(q, q_activation)
     if fallback and triton_failed(q, v, angles, lrpe):
         return _reference_forward(q, k, v, angles, lrpe)
     try:
@@ -470,7 +480,7 @@ def _forward_op(
 
 
 @_forward_op.register_fake
-def _(q, k, v, angles, lrpe, num_splits, fallback):
+def _(q, k, v, angles, lrpe, num_splits, fallback, q_activation):
     batch, n, heads, dim_k = k.shape
     dim_v = v.shape[-1]
     state = k.new_empty((batch, heads, 2, dim_k, dim_v), dtype=torch.float32)
@@ -487,26 +497,29 @@ def _backward_op(
     lrpe: str,
     num_splits: int | None,
     fallback: bool,
+    q_activation: str,
     do: Tensor,
     state: Tensor,
     row_max: Tensor,
     log_sum: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     if fallback and triton_failed(q, v, angles, lrpe):
-        return _reference_backward(q, k, v, angles, lrpe, do)
+        return _reference_backward(q, k, v, angles, lrpe, do, q_activation)
     try:
         rotation = check_triton_inputs(k, v, angles, lrpe)
         rotary = lrpe == "rotary" and angles is not None
-        return additive_bwd(q, k, v, rotation, do, state, row_max, log_sum, num_splits, rotary)
+        activated = activate(q, q_activation)
+        dq, dk, dv = additive_bwd(activated, k, v, rotation, do, state, row_max, log_sum, num_splits, rotary)
+        return activate_adjoint(dq, q, q_activation), dk, dv
     except Exception as error:
         if not fallback:
             raise
         report_triton_failure(error, q, v, angles, lrpe)
-        return _reference_backward(q, k, v, angles, lrpe, do)
+        return _reference_backward(q, k, v, angles, lrpe, do, q_activation)
 
 
 @_backward_op.register_fake
-def _(q, k, v, angles, lrpe, num_splits, fallback, do, state, row_max, log_sum):
+def _(q, k, v, angles, lrpe, num_splits, fallback, q_activation, do, state, row_max, log_sum):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -524,7 +537,7 @@ def _reference_forward(q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, l
 
 
 def _reference_backward(
-    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, do: Tensor
+    q: Tensor, k: Tensor, v: Tensor, angles: Tensor | None, lrpe: str, do: Tensor, q_activation: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     # (dq, dk, dv) from the PyTorch path's backward formulas, in fp32, cast to the dtypes of q, k, v.
     from lightnet_vision.kernels.additive.pytorch import noncausal_gradients
@@ -532,15 +545,16 @@ def _reference_backward(
     dtype = torch.promote_types(v.dtype, torch.float32)
     with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
         angles = None if angles is None else angles.to(dtype)
-        grads = noncausal_gradients(q.to(dtype), k.to(dtype), v.to(dtype), angles, lrpe, do.to(dtype))[:3]
+        inputs = (q.to(dtype), k.to(dtype), v.to(dtype), angles, lrpe, do.to(dtype))
+        grads = noncausal_gradients(*inputs, q_activation=q_activation)[:3]
     return tuple(grad.to(x.dtype).contiguous() for grad, x in zip(grads, (q, k, v), strict=True))
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
-    q, k, v, angles, lrpe, num_splits, fallback = inputs
+    q, k, v, angles, lrpe, num_splits, fallback, q_activation = inputs
     _, state, row_max, log_sum = output
     ctx.save_for_backward(q, k, v, angles, state, row_max, log_sum)
-    ctx.lrpe, ctx.num_splits, ctx.fallback = lrpe, num_splits, fallback
+    ctx.lrpe, ctx.num_splits, ctx.fallback, ctx.q_activation = lrpe, num_splits, fallback, q_activation
 
 
 def _backward(ctx, do: Tensor, *unused: Tensor) -> tuple:
@@ -548,9 +562,10 @@ def _backward(ctx, do: Tensor, *unused: Tensor) -> tuple:
     if torch.is_grad_enabled():
         # Differentiating the backward (create_graph=True): the kernels' backward has no derivative of its own, so
         # the gradients come from the PyTorch path, whose backward is made of differentiable ops.
-        return (*_differentiable_gradients(ctx, q, k, v, angles, do), None, None, None, None)
-    args = (q, k, v, angles, ctx.lrpe, ctx.num_splits, ctx.fallback, do.contiguous(), state, row_max, log_sum)
-    return (*_backward_op(*args), None, None, None, None)
+        return (*_differentiable_gradients(ctx, q, k, v, angles, do), None, None, None, None, None)
+    options = (ctx.lrpe, ctx.num_splits, ctx.fallback, ctx.q_activation)
+    args = (q, k, v, angles, *options, do.contiguous(), state, row_max, log_sum)
+    return (*_backward_op(*args), None, None, None, None, None)
 
 
 def _differentiable_gradients(ctx, q, k, v, angles, do) -> tuple[Tensor | None, ...]:
@@ -558,7 +573,7 @@ def _differentiable_gradients(ctx, q, k, v, angles, do) -> tuple[Tensor | None, 
     from lightnet_vision.kernels.additive.pytorch import additive_attention
 
     needed = ctx.needs_input_grad[:3]
-    out = additive_attention(q, k, v, angles=angles, lrpe=ctx.lrpe, impl="torch")
+    out = additive_attention(q, k, v, angles=angles, lrpe=ctx.lrpe, impl="torch", q_activation=ctx.q_activation)
     wanted = [x for x, need in zip((q, k, v), needed, strict=True) if need]
     grads = iter(torch.autograd.grad(out, wanted, do, create_graph=True))
     return tuple(next(grads) if need else None for need in needed)
@@ -603,6 +618,7 @@ def noncausal_additive_attention(
     lrpe: str = "cosine",
     num_splits: int | None = None,
     fallback: bool = False,
+    q_activation: str = "none",
 ) -> Tensor:
     """Non-causal additive attention `o = q̃ (k̃ᵀ v)` with `k̄ = softmax_N(k)` per channel, in fused Triton kernels.
 
@@ -611,7 +627,7 @@ def noncausal_additive_attention(
     `additive_attention(..., impl="auto" | "triton")`, which also checks the shapes.
 
     Args:
-        q: Activated queries `[B, N, H, K]`.
+        q: Queries `[B, N, H, K]`, activated unless `q_activation` says which activation to apply.
         k: Raw key logits `[B, N, H, K]`; `-inf` marks a padded token.
         v: Values `[B, N, H, V]`.
         angles: MD-LRPE angles, fixed: no gradient flows to them.
@@ -621,6 +637,7 @@ def noncausal_additive_attention(
         fallback: When the kernels fail to compile or launch (forward or backward), warn once and compute this
             call and every later one of its shape class with the PyTorch path instead of raising (what
             `impl="auto"` asks for). The decision is taken at run time, so it holds inside a compiled graph too.
+        q_activation: "silu" applies SiLU to q here (the backward keeps q before it), "none" takes q as it is.
 
     Second derivatives (`create_graph=True`) come from the PyTorch path, whose backward is differentiable.
 
@@ -630,4 +647,4 @@ def noncausal_additive_attention(
     check_triton_inputs(k, v, angles, lrpe, table=False)  # clear errors before the op is entered
     angles = None if angles is None else angles.detach()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return _forward_op(q, k, v, angles, lrpe, num_splits, fallback)[0]
+    return _forward_op(q, k, v, angles, lrpe, num_splits, fallback, q_activation)[0]
