@@ -3,10 +3,11 @@
 The layer and its formulas: docs/method.md#token-mixer.
 """
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from lightnet_vision.kernels import additive_attention
+from lightnet_vision.layers.fused import PreNorm, gated_norm_projection, layer_norm_linears
 
 
 class LightNetAttention(nn.Module):
@@ -35,9 +36,22 @@ class LightNetAttention(nn.Module):
         self.out_norm = nn.RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, angles: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, angles: Tensor | None = None, norm: PreNorm | None = None) -> Tensor:
+        """x `[B, N, D]` → `[B, N, D]`; `angles` the MD-LRPE angles of the N tokens. With `norm`, x is the block's
+        residual stream and `norm` its pre-norm, applied here inside the qkv and gate projections (so that the
+        backward keeps x rather than the norm's output, which it rebuilds)."""
         batch, n, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 × [B, N, H, K]
-        o = additive_attention(F.silu(q), k, v, causal=self.causal, angles=angles, lrpe=self.lrpe)  # [B, N, H, K]
-        o = self.out_norm(o).reshape(batch, n, dim)  # per-head norm
-        return self.proj(o * self.gate(x).sigmoid())  # low-rank output gate
+        if norm is None:
+            qkv, gate_hidden = self.qkv(x), self.gate[0](x)
+        else:
+            linears = [(self.qkv.weight, self.qkv.bias), (self.gate[0].weight, self.gate[0].bias)]
+            qkv, gate_hidden = layer_norm_linears(x, norm, linears)  # [B, N, 3D], [B, N, K]
+        q, k, v = qkv.reshape(batch, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 × [B, N, H, K]
+        # SiLU of q inside the op: its backward keeps q only, not q and SiLU(q).
+        o = additive_attention(
+            q, k, v, causal=self.causal, angles=angles, lrpe=self.lrpe, q_activation="silu"
+        )  # [B, N, H, K]
+        # Per-head norm, low-rank output gate and output projection in one function that keeps only o and the gate.
+        eps = self.out_norm.eps if self.out_norm.eps is not None else torch.finfo(o.dtype).eps
+        gate = (self.gate[1].weight, self.gate[1].bias)  # the gate's logits are formed from its rank-K hidden inside
+        return gated_norm_projection(o, gate_hidden, *gate, self.out_norm.weight, self.proj.weight, self.proj.bias, eps)

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from lightnet_vision.layers.attention import LightNetAttention
+from lightnet_vision.layers.fused import PreNorm
 from lightnet_vision.layers.glu import GLU
 
 
@@ -39,5 +40,6 @@ class LightNetBlock(nn.Module):
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def forward(self, x: Tensor, angles: Tensor | None = None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), angles))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        # Each norm is applied inside the first projections of its branch: the backward keeps x, not LN(x).
+        x = x + self.drop_path(self.attn(x, angles, norm=PreNorm(self.norm1.weight, self.norm1.bias, self.norm1.eps)))
+        return x + self.drop_path(self.mlp(x, norm=PreNorm(self.norm2.weight, self.norm2.bias, self.norm2.eps)))

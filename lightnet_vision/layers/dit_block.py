@@ -5,8 +5,8 @@ Layout: docs/method.md#block-and-glu.
 
 from torch import Tensor, nn
 
-from lightnet_vision.layers.adaln import modulate
 from lightnet_vision.layers.attention import LightNetAttention
+from lightnet_vision.layers.fused import PreNorm
 from lightnet_vision.layers.glu import GLU
 
 
@@ -35,5 +35,9 @@ class LightNetDiTBlock(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor, angles: Tensor | None = None) -> Tensor:
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_attn[:, None] * self.attn(modulate(self.norm1(x), shift_attn, scale_attn), angles)
-        return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # modulate(norm(x), shift, scale) is applied inside the first projections of each branch: the backward
+        # keeps x, not the modulated norm's output.
+        norm_attn = PreNorm(1 + scale_attn[:, None], shift_attn[:, None], self.norm1.eps)
+        x = x + gate_attn[:, None] * self.attn(x, angles, norm=norm_attn)
+        norm_mlp = PreNorm(1 + scale_mlp[:, None], shift_mlp[:, None], self.norm2.eps)
+        return x + gate_mlp[:, None] * self.mlp(x, norm=norm_mlp)

@@ -1,7 +1,8 @@
 """The channel mixer of LightNet blocks (arXiv 2405.21022; docs/method.md#block-and-glu): `W_3(SiLU(W_1 x) ⊙ W_2 x)`."""
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightnet_vision.layers.fused import PreNorm, glu_projection, layer_norm_linears
 
 
 class GLU(nn.Module):
@@ -18,6 +19,9 @@ class GLU(nn.Module):
         self.up = nn.Linear(dim, 2 * hidden_dim)  # W_1 and W_2 in one matmul
         self.down = nn.Linear(hidden_dim, dim)  # W_3
 
-    def forward(self, x: Tensor) -> Tensor:
-        gate, value = self.up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * value)
+    def forward(self, x: Tensor, norm: PreNorm | None = None) -> Tensor:
+        """x `[B, N, D]` → `[B, N, D]`; with `norm`, x is the block's residual stream and `norm` its pre-norm,
+        applied inside the up-projection (the backward then keeps x, not the norm's output)."""
+        hidden = self.up(x) if norm is None else layer_norm_linears(x, norm, [(self.up.weight, self.up.bias)])[0]
+        # SiLU, the product and the down-projection in one function that keeps only the up-projection's output.
+        return glu_projection(hidden, self.down.weight, self.down.bias)
