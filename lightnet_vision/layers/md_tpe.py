@@ -44,14 +44,20 @@ def toeplitz_along(x: Tensor, decay_forward: Tensor, decay_backward: Tensor, dim
     return forward + backward - x
 
 
+def toeplitz_matrix(decay_forward: Tensor, decay_backward: Tensor, n: int) -> Tensor:
+    """The Toeplitz matrices `[..., n, n]`, `T_ij = decay_forward^(i-j)` for `i ≥ j` and `decay_backward^(j-i)` for
+    `i < j`, one per element of the decays `[...]`."""
+    index = torch.arange(n, device=decay_forward.device)
+    offset = (index[:, None] - index[None, :]).to(decay_forward.dtype)  # [n, n], i - j
+    below = decay_forward[..., None, None] ** offset.clamp(min=0)
+    above = decay_backward[..., None, None] ** (-offset).clamp(min=0)
+    return torch.where(offset >= 0, below, above)
+
+
 def toeplitz_matrix_along(x: Tensor, decay_forward: Tensor, decay_backward: Tensor, dim: int) -> Tensor:
     """`toeplitz_along` with the n×n matrix `T` formed from the offsets `i - j`: O(n) work per element instead of
     O(log n), but no Python loop over n. The decays broadcast against the dims of `x` after `dim`."""
-    offsets = torch.arange(x.shape[dim], device=x.device)
-    diff = (offsets[:, None] - offsets[None, :]).to(decay_forward.dtype)  # [n, n], i - j
-    below = decay_forward[..., None, None] ** diff.clamp(min=0)
-    above = decay_backward[..., None, None] ** (-diff).clamp(min=0)
-    matrix = torch.where(diff >= 0, below, above)  # [*decay, n, n]
+    matrix = toeplitz_matrix(decay_forward, decay_backward, x.shape[dim])  # [*decay, n, n]
     dtype = torch.promote_types(x.dtype, matrix.dtype)
     moved = x.movedim(dim, -1)[..., None].to(dtype)  # [..., n, 1]
     return (matrix.to(dtype) @ moved)[..., 0].movedim(-1, dim)
@@ -99,18 +105,31 @@ class MDTPE(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def mix(self, x: Tensor, grid_size: tuple[int, ...]) -> Tensor:
-        """`Σ_a T^(a) x` for `x` `[B, N, D]` on `grid_size`, returned as `[B, N, H, D/H]`."""
+        """`Σ_a T^(a) x` for `x` `[B, N, D]` on `grid_size`, returned as `[B, N, H, D/H]` (fp32 at least).
+
+        Each `T^(a)` is formed as `[H, n_a, n_a]` matrices and applied by one batched matmul along its axis: n_a
+        multiply-adds per value, which for the grids of images (n_a up to a few hundred) is cheaper than the
+        2 log2(n_a) elementwise passes of `toeplitz_along`'s scans, and the backward keeps only x, not the scans'
+        intermediates: its gradient with respect to x is `T^(a)ᵀ` applied the same way.
+        """
         batch, n, dim = x.shape
         if len(grid_size) != self.num_axes or n != math.prod(grid_size):
             raise ValueError(f"MDTPE expects {self.num_axes} axes covering N={n} tokens, got grid_size {grid_size}")
-        x = x.reshape(batch, *grid_size, self.num_heads, dim // self.num_heads)  # [B, n_1, ..., n_m, H, D/H]
-        decay = torch.sigmoid(self.decay_logit.to(torch.promote_types(self.decay_logit.dtype, torch.float32)))
+        dtype = torch.promote_types(self.decay_logit.dtype, torch.float32)
+        decay = torch.sigmoid(self.decay_logit.to(dtype))
         if self.form == "symmetric":
             decay = torch.stack([decay, decay], dim=1)  # [m, 2, H]: the same decay both ways
+        x = x.reshape(batch, *grid_size, self.num_heads, dim // self.num_heads)  # [B, n_1, ..., n_m, H, D/H]
+        axes = "ABCDEFGH"[: self.num_axes]  # one subscript per grid axis
         mixed = 0
-        for axis in range(self.num_axes):
-            forward, backward = decay[axis, 0, :, None], decay[axis, 1, :, None]  # [H, 1]
-            mixed = mixed + toeplitz_along(x, forward, backward, dim=1 + axis)
+        # The products in the decays' precision, as the scans' elementwise products were.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(torch.promote_types(x.dtype, dtype))
+            for axis, length in enumerate(grid_size):
+                matrix = toeplitz_matrix(decay[axis, 0], decay[axis, 1], length)  # [H, n_a, n_a]
+                source = f"z{axes}hc"  # batch z, grid axes, head h, channel c
+                target = source.replace(axes[axis], "y")
+                mixed = mixed + torch.einsum(f"hy{axes[axis]},{source}->{target}", matrix, x)
         return mixed.reshape(batch, n, self.num_heads, dim // self.num_heads)
 
     def forward(self, x: Tensor, grid_size: tuple[int, ...]) -> Tensor:

@@ -123,3 +123,55 @@ def test_parameters_do_not_depend_on_grid():
 def test_wrong_grid_raises(grid):
     with pytest.raises(ValueError, match="grid_size"):
         MDTPE(8, 2, num_axes=2)(torch.randn(1, 35, 8), grid)
+
+
+def scan_mix(module: MDTPE, x: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """`module.mix` as the plain composition of the doubling scans of `toeplitz_along`, differentiable by autograd."""
+    batch, n, dim = x.shape
+    heads = module.num_heads
+    decay = torch.sigmoid(module.decay_logit)
+    if module.form == "symmetric":
+        decay = torch.stack([decay, decay], dim=1)  # [m, 2, H]
+    x = x.reshape(batch, *grid, heads, dim // heads)
+    mixed = sum(
+        toeplitz_along(x, decay[axis, 0, :, None], decay[axis, 1, :, None], dim=1 + axis) for axis in range(len(grid))
+    )
+    return mixed.reshape(batch, n, heads, dim // heads)
+
+
+@pytest.mark.parametrize("form", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("grid", [(5, 7), (2, 3, 4), (17,)])
+def test_mix_and_its_gradients_equal_the_scans(grid, form):
+    # The matrices' mix against the scans, outputs and the gradients of x and of the decays, in float64.
+    module = make_module(12, 3, num_axes=len(grid), form=form).double()
+    x = torch.randn(2, math.prod(grid), 12, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, math.prod(grid), 3, 4, dtype=torch.float64)
+    results = []
+    for mix in (module.mix, lambda x, grid: scan_mix(module, x, grid)):
+        out = mix(x, grid)
+        results.append((out, *torch.autograd.grad((out * weights).sum(), [x, module.decay_logit])))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_scan_comparison_catches_a_planted_bug(monkeypatch):
+    # Toeplitz matrices transposed (the decays of the two directions swapped) must fail the comparison above: the
+    # asymmetric form tells them apart, in the output and in the decays' gradients.
+    from lightnet_vision.layers import md_tpe
+
+    original = md_tpe.toeplitz_matrix
+    monkeypatch.setattr(md_tpe, "toeplitz_matrix", lambda forward, backward, n: original(backward, forward, n))
+    with pytest.raises(AssertionError):
+        test_mix_and_its_gradients_equal_the_scans((5, 7), "asymmetric")
+
+
+def test_mix_keeps_no_scan_intermediates():
+    # What the backward of the mix keeps grows with the number of axes (x, laid out per axis for its matmul), not
+    # with log2 of their lengths as the scans' does.
+    from benchmarks.saved_bytes import saved_bytes
+
+    module = make_module(12, 3, num_axes=2)
+    x = torch.randn(2, 32 * 32, 12, requires_grad=True)
+    kept = saved_bytes(lambda: module.mix(x, (32, 32)))
+    assert kept <= 2 * x.numel() * 4 + 4 * 32 * 32 * 3 * 8  # two layouts of x, and the [H, n, n] matrices
+    assert saved_bytes(lambda: scan_mix(module, x, (32, 32))) > 5 * kept
