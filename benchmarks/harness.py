@@ -18,7 +18,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from benchmarks.peers import PATCH_SIZE, UNITS, build_model, make_inputs, run_forward, training_loss
+from benchmarks.peers import (
+    GRAD_CHECKPOINTING,
+    PATCH_SIZE,
+    UNITS,
+    build_model,
+    make_inputs,
+    run_forward,
+    training_loss,
+)
+from benchmarks.saved_bytes import model_saved_bytes
 
 MODES = ("train", "inference")
 # A pair whose first call takes longer than this is timed with one warm-up round and at most 3 timed rounds.
@@ -232,6 +241,24 @@ def measure_peak_memory(build_step: Callable[[], Callable[[], None]], device: st
         return pool.submit(peak_step_memory_here, build_step, device, threads).result()
 
 
+def saved_mib_per_sample(
+    name: str, model: nn.Module, inputs: dict[str, Tensor], batch: int, bf16: bool
+) -> float | None:
+    """MiB per sample (image, or sequence of a mixer) of the tensors the backward of a train step keeps, counted
+    once per storage after its forward (benchmarks/saved_bytes.py); parameters and buffers left out. None for a side
+    with gradient checkpointing, whose regions keep what they hold under hooks of their own."""
+    if name.endswith(GRAD_CHECKPOINTING):
+        return None
+    device_type = next(iter(inputs.values())).device.type
+    model.train()
+
+    def forward() -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            return run_forward(model, name, inputs)
+
+    return model_saved_bytes(model, forward) / batch / 2**20
+
+
 @dataclass(frozen=True)
 class Settings:
     device: str
@@ -280,6 +307,15 @@ def measure_pair(
     for name, note in notes.items():
         skipped_before.setdefault((name, mode), f"skipped since {size}: {note}")
 
+    saved = {}
+    if mode == "train":
+        for name in timings:
+            if name in notes:
+                continue
+            try:
+                saved[name] = saved_mib_per_sample(name, models[name], inputs, batch, settings.bf16)
+            except torch.OutOfMemoryError as error:
+                notes[name] = f"saved bytes not counted ({type(error).__name__})"
     peaks = {}
     if mode == "train" and settings.measure_memory:
         for name in timings:
@@ -319,6 +355,9 @@ def measure_pair(
         "lightnet_peak_mib": peaks.get(lightnet),
         "peer_peak_mib": peaks.get(peer),
         "memory_ratio": ratio(peaks.get(lightnet), peaks.get(peer)),
+        "lightnet_saved_mib": saved.get(lightnet),
+        "peer_saved_mib": saved.get(peer),
+        "saved_ratio": ratio(saved.get(lightnet), saved.get(peer)),
         "compile": settings.compile or "eager",
         "lightnet_compile_s": compile_seconds.get(lightnet),
         "peer_compile_s": compile_seconds.get(peer),

@@ -53,6 +53,16 @@ warm-up step, `malloc_trim(0)` returns the free heap to the system, the kernel's
 (`5 > /proc/self/clear_refs`, Linux only), and the result is the peak RSS during the step (`VmHWM`) minus the RSS
 before it (`VmRSS`). That counts what the process really holds, allocator fragmentation and oneDNN buffers included.
 
+Saved bytes (mode `train`, columns `*_saved_mib`, "sav" in the table): what the backward keeps, per sample
+(image, or sequence of a mixer), counted after one forward of the train step with
+`torch.autograd.graph.saved_tensors_hooks` as the distinct storages of the tensors autograd saves, parameters and
+buffers left out (benchmarks/saved_bytes.py; `python benchmarks/saved_bytes.py` breaks one block down by op). It
+is a property of the model, not of the device or the allocator, and holds compiled too (what the compiled graph
+saves). It is not counted under gradient checkpointing, whose regions keep their inputs under hooks of their own.
+
+`--grad-checkpointing` gives both sides their own checkpointing of their blocks: LightNet's and timm's
+`set_grad_checkpointing`, diffusers' `enable_gradient_checkpointing` (not the mixers, which have no blocks).
+
 On CUDA, models are built on the GPU (on the CPU if that fails) and the default batch holds 8 times as many
 tokens as on the CPU (classifier: 64 images at 224², 16 at 448², 4 at 896²), enough to keep the GPU busy.
 
@@ -116,7 +126,7 @@ def run_family(
         batch = batch_size or default_batch_size(family, size, settings.device)
         for lightnet, peer in PAIRS[family] if pairs is None else pairs:
             if grad_checkpointing and family != "mixer":
-                lightnet += GRAD_CHECKPOINTING
+                lightnet, peer = lightnet + GRAD_CHECKPOINTING, peer + GRAD_CHECKPOINTING
             if settings.compile:
                 torch._dynamo.reset()  # fresh caches for every pair: no recompile limit is ever reached
             inputs = make_inputs(family, size, batch, settings.device, lightnet)
@@ -181,7 +191,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="skip a side whose call takes longer")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument(
-        "--grad-checkpointing", action="store_true", help="LightNet models recompute their blocks in the backward"
+        "--grad-checkpointing",
+        action="store_true",
+        help="both sides recompute their blocks in the backward, each with its own checkpointing",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, batch 2, one timed round: a smoke test")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/models.csv"), help="CSV; PNG beside")

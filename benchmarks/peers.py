@@ -42,7 +42,7 @@ LATENT_CHANNELS = 4
 MIXER_SHAPES = {"tiny": (192, 3), "small": (384, 6)}
 # The diffusers peers of the denoisers, as DiT's configurations: (layers, heads, head dim).
 DIFFUSERS_DIT = {"diffusers_dit_s_2": (12, 6, 64), "diffusers_dit_xl_2": (28, 16, 72)}
-# A LightNet model name with this suffix is built with gradient checkpointing (`--grad-checkpointing`).
+# A model name with this suffix is built with its own gradient checkpointing (`--grad-checkpointing`).
 GRAD_CHECKPOINTING = "+grad_checkpointing"
 
 
@@ -69,7 +69,7 @@ def build_model(family: str, name: str, size: int) -> nn.Module:
     torch.manual_seed(0)
     if name.endswith(GRAD_CHECKPOINTING):
         model = build_model(family, name.removesuffix(GRAD_CHECKPOINTING), size)
-        model.set_grad_checkpointing(True)
+        enable_grad_checkpointing(model)
         return model
     if family == "classifier" and name.startswith("lightnet"):
         return create_model(name, img_size=size, num_classes=NUM_CLASSES)
@@ -105,6 +105,17 @@ def build_model(family: str, name: str, size: int) -> nn.Module:
     raise ValueError(f"no model {name!r} in family {family!r}")
 
 
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Each side's own gradient checkpointing of its blocks: `set_grad_checkpointing` (LightNet, timm) or
+    `enable_gradient_checkpointing` (diffusers)."""
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    elif hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    else:
+        raise ValueError(f"{type(model).__name__} has no gradient checkpointing")
+
+
 def mixer_shape(name: str) -> tuple[int, int]:
     """(width, heads) of a mixer from the suffix of its name, e.g. `lightnet_attention_tiny`."""
     return MIXER_SHAPES[name.rsplit("_", 1)[1]]
@@ -138,6 +149,7 @@ def make_inputs(family: str, size: int, batch: int, device: str, name: str = "")
 
 
 def run_forward(model: nn.Module, name: str, inputs: dict[str, Tensor]) -> Tensor:
+    name = name.removesuffix(GRAD_CHECKPOINTING)
     if "images" in inputs:
         return model(inputs["images"])  # [B, classes]
     if name in DIFFUSERS_DIT:

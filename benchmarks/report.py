@@ -40,13 +40,16 @@ def describe_run(settings: Settings, command: str) -> dict[str, str]:
         ),
         "memory": "peak above the held weights, inputs and optimiser state: "
         + ("CUDA max_memory_allocated" if settings.device.startswith("cuda") else "peak RSS in a fresh process"),
+        "saved": "MiB per sample that the backward keeps: unique storages of autograd's saved tensors after the "
+        "forward (benchmarks/saved_bytes.py), without parameters; not counted with gradient checkpointing",
         "ratios": "LightNet / peer",
     }
 
 
 HEADER = (
     f"{'family':<10} {'mode':<9} {'size':>4} {'batch':>5}  {'LightNet':<18} {'peer':<22} "
-    f"{'LN thr':>9} {'peer thr':>9} {'ratio':>6}  {'LN MiB':>7} {'peer MiB':>8} {'ratio':>6}  skipped"
+    f"{'LN thr':>9} {'peer thr':>9} {'ratio':>6}  {'LN MiB':>7} {'peer MiB':>8} {'ratio':>6}  "
+    f"{'LN sav':>7} {'peer sav':>8} {'ratio':>6}  skipped"
 )
 
 
@@ -63,7 +66,9 @@ def format_row(row: dict) -> str:
         f"{row['family']:<10} {row['mode']:<9} {row['size']:>4} {row['batch']:>5}  {row['lightnet']:<18} "
         f"{row['peer']:<22} {format_number(row['lightnet_throughput']):>9} {format_number(row['peer_throughput']):>9} "
         f"{format_number(row['throughput_ratio'], 3):>6}  {format_number(row['lightnet_peak_mib']):>7} "
-        f"{format_number(row['peer_peak_mib']):>8} {format_number(row['memory_ratio'], 3):>6}  {row['skipped']}"
+        f"{format_number(row['peer_peak_mib']):>8} {format_number(row['memory_ratio'], 3):>6}  "
+        f"{format_number(row['lightnet_saved_mib']):>7} {format_number(row['peer_saved_mib']):>8} "
+        f"{format_number(row['saved_ratio'], 3):>6}  {row['skipped']}"
     )
 
 
