@@ -15,10 +15,11 @@ backward, where it is a few elementwise passes (and, for the gate, one rank-K ma
 
 Each has a plain twin (`plain_*`): the same maths in differentiable PyTorch ops, which the tests compare outputs and
 every gradient against, and which the backward differentiates instead when it is itself differentiated
-(`create_graph=True`: gradient penalties), so second derivatives stay exact. Under `torch.compile` the twin is what
-is traced: the compiler fuses the chain and its partitioner decides what the backward keeps (it recomputes
-elementwise ops rather than saving them, as these functions do by hand). The projections' gradients are taken in
-the dtype of the incoming gradient, as `nn.Linear`'s are under autocast.
+(`create_graph=True`: gradient penalties), so second derivatives stay exact. `torch.compile` traces the functions
+themselves (out-of-place where a buffer would be written through a strided view); its partitioner then has the last
+word on what the compiled backward keeps, and may keep a recomputed tensor after all (benchmarks/models.py
+`--compile` counts it). The projections' gradients are taken in the dtype of the incoming gradient, as
+`nn.Linear`'s are under autocast.
 
 Where a function allocates matters on the CPU, whose allocator keeps the pages of a freed block: the outputs are
 allocated before the temporaries and nothing small is kept after a large temporary, so that freed temporaries do
@@ -86,14 +87,14 @@ class _GatedNormProjection(torch.autograd.Function):
         grad_out_2d = grad_out.reshape(batch * n, -1)
         grad_weight = grad_bias = None
         if needs[5]:
-            y = (scaled * sigmoid).view(batch * n, -1).to(grad_out.dtype)  # the projection's input, rebuilt
+            y = (scaled * sigmoid).reshape(batch * n, -1).to(grad_out.dtype)  # the projection's input, rebuilt
             grad_weight = (grad_out_2d.t() @ y).to(weight.dtype)
             del y
         if bias is not None and needs[6]:
             grad_bias = grad_out_2d.sum(dim=0).to(bias.dtype)
         grad_y = (grad_out_2d @ weight.to(grad_out.dtype)).view(o.shape).to(dtype)
         # Gate: dσ(g)/dg = σ(1 − σ), one fused op; then back through the gate's up-projection.
-        grad_logits = torch.ops.aten.sigmoid_backward(scaled.mul_(grad_y), sigmoid).view(batch * n, -1)
+        grad_logits = torch.ops.aten.sigmoid_backward(scaled.mul_(grad_y), sigmoid).reshape(batch * n, -1)
         del scaled
         grad_gate_hidden = grad_gate_weight = grad_gate_bias = None
         if needs[1]:
@@ -112,7 +113,11 @@ class _GatedNormProjection(torch.autograd.Function):
         grad_scaled.mul_(norm_weight).sub_(normed.mul_(mean_product))
         # Laid out in memory as o is (head-major when o is the additive attention's output), so that the op's
         # backward reads it without a copy.
-        grad_o = torch.mul(grad_scaled, rstd, out=torch.empty_like(o))
+        grad_o = (
+            grad_scaled * rstd
+            if torch.compiler.is_compiling()
+            else torch.mul(grad_scaled, rstd, out=torch.empty_like(o))
+        )
         grads = (grad_o, grad_gate_hidden, grad_gate_weight, grad_gate_bias, grad_norm_weight)
         return (*grads, grad_weight, grad_bias, None)
 
@@ -130,8 +135,6 @@ def gated_norm_projection(
     """`plain_gated_norm_projection`, keeping only o, the gate's low-rank hidden and the per-head `1/rms` for the
     backward: the gate's logits (one small matmul) and the gated product, the projection's input, are rebuilt there.
     Returns `[B, N, D_out]`."""
-    if torch.compiler.is_compiling():
-        return plain_gated_norm_projection(o, gate_hidden, gate_weight, gate_bias, norm_weight, weight, bias, eps)
     return _GatedNormProjection.apply(o, gate_hidden, gate_weight, gate_bias, norm_weight, weight, bias, eps)
 
 
@@ -150,6 +153,8 @@ class _GLUProjection(torch.autograd.Function):
         if torch.is_grad_enabled():
             return _twin_gradients(plain_glu_projection, (hidden, weight, bias), needs, grad_out)
         gate, value = hidden.chunk(2, dim=-1)
+        if torch.compiler.is_compiling():
+            return _glu_projection_gradients(grad_out, gate, value, weight, bias, needs)
         # Both halves of the gradient go into one buffer (no concatenation); its gate half first holds SiLU(a),
         # needed by both the weight's gradient and the value's, and is overwritten last.
         grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
@@ -170,10 +175,23 @@ class _GLUProjection(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias
 
 
+def _glu_projection_gradients(grad_out, gate, value, weight, bias, needs):
+    # The GLU's backward in out-of-place ops, for torch.compile (which plans the buffers itself).
+    activated = F.silu(gate)
+    grad_out_2d = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_weight = grad_bias = None
+    if needs[1]:
+        product = (activated * value).reshape(-1, activated.shape[-1]).to(grad_out.dtype)
+        grad_weight = (grad_out_2d.t() @ product).to(weight.dtype)
+    if bias is not None and needs[2]:
+        grad_bias = grad_out_2d.sum(dim=0).to(bias.dtype)
+    grad_product = (grad_out @ weight.to(grad_out.dtype)).to(gate.dtype)
+    grad_gate = torch.ops.aten.silu_backward(grad_product * value, gate)
+    return torch.cat([grad_gate, grad_product * activated], dim=-1), grad_weight, grad_bias
+
+
 def glu_projection(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """`plain_glu_projection`, keeping only `hidden` for the backward (SiLU and the product are rebuilt there)."""
-    if torch.compiler.is_compiling():
-        return plain_glu_projection(hidden, weight, bias)
     return _GLUProjection.apply(hidden, weight, bias)
 
 
@@ -263,8 +281,6 @@ def _plain_layer_norm_linears(x, weight, bias, *linears_and_eps):
 def layer_norm_linears(x: Tensor, norm: PreNorm, linears: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, ...]:
     """`plain_layer_norm_linears`, keeping only x for the backward: the norm's output, the input of every linear map,
     is rebuilt there (with its statistics). One output `[B, N, D_out]` per linear map."""
-    if torch.compiler.is_compiling():
-        return plain_layer_norm_linears(x, norm, linears)
     flat = [tensor for pair in linears for tensor in pair]
     return _LayerNormLinears.apply(x, norm.weight, norm.bias, norm.eps, *flat)
 
