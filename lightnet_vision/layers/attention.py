@@ -52,6 +52,9 @@ class LightNetAttention(nn.Module):
             q, k, v, causal=self.causal, angles=angles, lrpe=self.lrpe, q_activation="silu"
         )  # [B, N, H, K]
         # Per-head norm, low-rank output gate and output projection in one function that keeps only o and the gate.
-        eps = self.out_norm.eps if self.out_norm.eps is not None else torch.finfo(o.dtype).eps
+        # nn.RMSNorm's default eps: that of the dtype it computes in, fp32 at least (so also for bf16 activations).
+        eps = self.out_norm.eps
+        if eps is None:
+            eps = torch.finfo(torch.promote_types(o.dtype, torch.float32)).eps
         gate = (self.gate[1].weight, self.gate[1].bias)  # the gate's logits are formed from its rank-K hidden inside
         return gated_norm_projection(o, gate_hidden, *gate, self.out_norm.weight, self.proj.weight, self.proj.bias, eps)

@@ -73,6 +73,11 @@ class _GatedNormProjection(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        with _without_autocast(grad_out):
+            return _GatedNormProjection.gradients(ctx, grad_out)
+
+    @staticmethod
+    def gradients(ctx, grad_out):
         o, gate_hidden, gate_weight, gate_bias, norm_weight, weight, bias, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
@@ -80,8 +85,10 @@ class _GatedNormProjection(torch.autograd.Function):
             return (*_twin_gradients(plain_gated_norm_projection, inputs, needs[:7], grad_out, ctx.eps), None)
         batch, n, heads, dim_k = o.shape
         dtype = _compute_dtype(o)
-        # The gate rebuilt from its low-rank hidden: one small matmul instead of a kept [B, N, D] tensor.
-        sigmoid = F.linear(gate_hidden, gate_weight, gate_bias).sigmoid_().view(o.shape).to(dtype)
+        # The gate rebuilt from its low-rank hidden: one small matmul instead of a kept [B, N, D] tensor, in the
+        # hidden's dtype as the forward's (under autocast) was.
+        gate_linear = [t if t is None else t.to(gate_hidden.dtype) for t in (gate_weight, gate_bias)]
+        sigmoid = F.linear(gate_hidden, *gate_linear).sigmoid_().view(o.shape).to(dtype)
         normed = torch.mul(o, rstd, out=torch.empty(o.shape, dtype=dtype, device=o.device))  # x̂, [B, N, H, K]
         scaled = normed * norm_weight  # x̂ ⊙ w
         grad_out_2d = grad_out.reshape(batch * n, -1)
@@ -148,6 +155,11 @@ class _GLUProjection(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        with _without_autocast(grad_out):
+            return _GLUProjection.gradients(ctx, grad_out)
+
+    @staticmethod
+    def gradients(ctx, grad_out):
         hidden, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
@@ -213,6 +225,11 @@ class _LayerNormLinears(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outs):
+        with _without_autocast(grad_outs[0]):
+            return _LayerNormLinears.gradients(ctx, *grad_outs)
+
+    @staticmethod
+    def gradients(ctx, *grad_outs):
         x, weight, bias, *linears = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
@@ -314,6 +331,11 @@ def _affine(normed: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tenso
     if weight is not None:
         return normed * weight
     return normed if bias is None else normed + bias
+
+
+def _without_autocast(grad: Tensor) -> torch.autocast:
+    # The backward in the dtypes it chooses itself, also when it is called inside an autocast region.
+    return torch.autocast(grad.device.type, enabled=False)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

@@ -254,3 +254,33 @@ def test_lean_block_equals_the_plain_composition(kind, lrpe):
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "denoiser"])
+def test_lean_block_under_bf16_autocast_follows_the_plain_composition(kind):
+    # Under autocast the projections run in bf16 in the forward; the backward, which runs outside the autocast
+    # region, must rebuild what it needs in the same dtypes (a recomputed projection in fp32 against a bf16 hidden
+    # would raise) and give the gradients of the plain composition to bf16's precision.
+    dim, heads, grid = 32, 2, (4, 5)
+    extra = 1 if kind == "denoiser" else 0
+    block = LightNetBlock(dim, heads, lrpe="rotary") if kind == "classifier" else LightNetDiTBlock(dim, heads)
+    if kind == "denoiser":
+        randomise(block.adaLN_modulation)  # zero at initialisation: the branches would not count
+    # At initialisation the attention's output is small, where the per-head norm's eps matters.
+    angles = MDLRPE(dim // heads, form=block.attn.lrpe)(grid, num_extra_tokens=extra)
+    x = torch.randn(2, grid[0] * grid[1] + extra, dim, requires_grad=True)
+    c = torch.randn(2, dim)
+    parameters = list(block.parameters())
+
+    def run(lean: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if kind == "classifier":
+                out = block(x, angles) if lean else plain_lightnet_block(block, x, angles)
+            else:
+                modulation = block.adaLN_modulation(c).chunk(6, dim=-1)
+                out = block(x, c, angles) if lean else plain_lightnet_block(block, x, angles, modulation)
+        return out.float(), torch.autograd.grad(out.float().square().mean(), [x, *parameters])
+
+    (out, grads), (expected, expected_grads) = run(lean=True), run(lean=False)
+    assert mismatches(([out], list(grads)), ([expected], list(expected_grads)), ratio=3e-2) == []
+    assert all(g.dtype == p.dtype for g, p in zip(grads[1:], parameters, strict=True))

@@ -72,15 +72,15 @@ def test_mixed_precision_fit_stays_finite_and_matches_fp32(tmp_path, precision, 
 
 
 class NormaliserDtypes(TorchFunctionMode):
-    """Records, for every `torch.logsumexp` (the additive attention's normaliser over the tokens), the dtype it
-    ran in and whether autocast was on at that point."""
+    """Records, for every `torch.softmax` (the additive attention's normalisation of the keys over the tokens), the
+    dtype it ran in and whether autocast was on at that point."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[torch.dtype, bool]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.logsumexp:
+        if func is torch.softmax:
             self.calls.append((args[0].dtype, torch.is_autocast_enabled("cpu")))
         return func(*args, **(kwargs or {}))
 
@@ -101,7 +101,7 @@ def test_the_normaliser_stays_fp32_inside_a_model_under_autocast(network, dtype)
     with NormaliserDtypes() as recorder, torch.autocast("cpu", dtype=dtype):
         out = model(*inputs)
         out.float().square().mean().backward()
-    # One normaliser per attention layer, each in fp32 with autocast off, while the layers around run in `dtype`.
+    # One normalisation per attention layer, each in fp32 with autocast off, while the layers around run in `dtype`.
     assert recorder.calls == [(torch.float32, False)] * 2
     assert out.dtype == dtype
     assert all(torch.isfinite(param.grad).all() for param in model.parameters() if param.grad is not None)

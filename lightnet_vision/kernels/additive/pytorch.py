@@ -210,7 +210,9 @@ class _NonCausal(torch.autograd.Function):
             # is rebuilt from k and v for the second derivative to reach them.
             state = None
         angle_grad = ctx.needs_input_grad[3]
-        grads = noncausal_gradients(q, k, v, angles, ctx.lrpe, grad_out, angle_grad, state, ctx.q_activation)
+        # In fp32 as the forward, also when the backward is called inside an autocast region.
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grads = noncausal_gradients(q, k, v, angles, ctx.lrpe, grad_out, angle_grad, state, ctx.q_activation)
         return (*grads, None, None)
 
 
