@@ -18,7 +18,8 @@ every gradient against, and which the backward differentiates instead when it is
 (`create_graph=True`: gradient penalties), so second derivatives stay exact. `torch.compile` traces the functions
 themselves (out-of-place where a buffer would be written through a strided view); its partitioner then has the last
 word on what the compiled backward keeps, and may keep a recomputed tensor after all (benchmarks/models.py
-`--compile` counts it). The projections' gradients are taken in the dtype of the incoming gradient, as
+`--compile` counts it). `torch.export` records the twins' ops, which its graph is differentiated through op by op.
+The projections' gradients are taken in the dtype of the incoming gradient, as
 `nn.Linear`'s are under autocast.
 
 Where a function allocates matters on the CPU, whose allocator keeps the pages of a freed block: the outputs are
@@ -142,6 +143,8 @@ def gated_norm_projection(
     """`plain_gated_norm_projection`, keeping only o, the gate's low-rank hidden and the per-head `1/rms` for the
     backward: the gate's logits (one small matmul) and the gated product, the projection's input, are rebuilt there.
     Returns `[B, N, D_out]`."""
+    if torch.compiler.is_exporting():  # an exported graph is differentiated op by op: the twin's ops
+        return plain_gated_norm_projection(o, gate_hidden, gate_weight, gate_bias, norm_weight, weight, bias, eps)
     return _GatedNormProjection.apply(o, gate_hidden, gate_weight, gate_bias, norm_weight, weight, bias, eps)
 
 
@@ -204,6 +207,8 @@ def _glu_projection_gradients(grad_out, gate, value, weight, bias, needs):
 
 def glu_projection(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """`plain_glu_projection`, keeping only `hidden` for the backward (SiLU and the product are rebuilt there)."""
+    if torch.compiler.is_exporting():
+        return plain_glu_projection(hidden, weight, bias)
     return _GLUProjection.apply(hidden, weight, bias)
 
 
@@ -298,6 +303,8 @@ def _plain_layer_norm_linears(x, weight, bias, *linears_and_eps):
 def layer_norm_linears(x: Tensor, norm: PreNorm, linears: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, ...]:
     """`plain_layer_norm_linears`, keeping only x for the backward: the norm's output, the input of every linear map,
     is rebuilt there (with its statistics). One output `[B, N, D_out]` per linear map."""
+    if torch.compiler.is_exporting():
+        return plain_layer_norm_linears(x, norm, linears)
     flat = [tensor for pair in linears for tensor in pair]
     return _LayerNormLinears.apply(x, norm.weight, norm.bias, norm.eps, *flat)
 
