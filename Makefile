@@ -16,7 +16,7 @@ BENCH_ARGS ?=
 # count once `git add`ed); outside a git checkout, the package, the tests and the benchmarks.
 LINT_FILES = $(or $(wildcard $(shell git ls-files '*.py' 2>/dev/null)),lightnet_vision tests benchmarks)
 
-.PHONY: install demo demo-generate test test-fast lint bench clean
+.PHONY: install demo demo-generate test test-fast lint bench quality-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test-fast: lint
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/models.py $(BENCH_ARGS)
+
+# LightNet against DeiT and DiT on the digits quickstarts, then the classifiers at other resolutions (docs/peers.md):
+# benchmarks/results/peers_quality.csv and resolution_transfer.csv, about half an hour on a 2-core CPU.
+quality-peers: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/peers_quality.py
+	$(BIN)/python benchmarks/resolution_transfer.py
 
 lint: $(STAMP)
 	@echo "ruff check and ruff format --check on $(words $(LINT_FILES)) paths"

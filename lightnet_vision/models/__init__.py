@@ -9,12 +9,22 @@ from lightnet_vision.models.lightnet_dit import LightNetDiT
 
 if TYPE_CHECKING:
     from lightnet_vision.models.autoencoder import KLAutoencoder
+    from lightnet_vision.models.diffusers_dit import DiffusersDiT
     from lightnet_vision.models.first_stage import FirstStage
 
-# The autoencoders (diffusers) are imported on first use; the backbones above register their presets now.
-__getattr__, __dir__ = lazy_exports(__name__, {"FirstStage": "first_stage", "KLAutoencoder": "autoencoder"})
+# The autoencoders and the DiT peer (diffusers) are imported on first use; the backbones above register their
+# presets now.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "DiffusersDiT": "diffusers_dit",
+        "FirstStage": "first_stage",
+        "KLAutoencoder": "autoencoder",
+    },
+)
 
 __all__ = [
+    "DiffusersDiT",
     "FirstStage",
     "KLAutoencoder",
     "LightNet",
