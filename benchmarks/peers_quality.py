@@ -55,6 +55,7 @@ CONFIGS = {
 CLASSIFIERS = ("lightnet", "deit")
 DENOISERS = ("lightnet_dit", "diffusers_dit")
 SAMPLES_PER_CLASS = 50
+ROUNDS, WARMUP = 15, 3  # training steps timed per model (alternating within each pair), after the warm-up
 FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 COLUMNS = [
@@ -68,6 +69,7 @@ COLUMNS = [
     "recall",
     "variety",
     "fit_s",
+    "step_ms",
     "peak_rss_mib",
     "saved_kib_per_image",
     "checkpoint",
@@ -192,7 +194,51 @@ def reference_rows(first_stage: str) -> list[dict]:
     ]
 
 
+def training_loss_of(name: str, task, images, labels):
+    """The loss of one training step of `name`'s backbone on `(images, labels)`, as its task computes it."""
+    import torch.nn.functional as F
+
+    backbone = task.model.train()
+    if name in CLASSIFIERS:
+        return lambda: F.cross_entropy(backbone(images), labels, label_smoothing=0.1)
+    latents = task.first_stage.encode(images)
+    return lambda: task.diffusion.training_loss(lambda x, t: backbone(x, t, labels), latents)
+
+
+def step_times(first_stage: str, fast: bool) -> list[dict]:
+    """Milliseconds per training step (forward, backward, AdamW) of each model on one batch of its data, the two
+    sides of a pair alternating in one process (median of `ROUNDS` after `WARMUP`), so that whatever else runs on
+    the machine slows both alike: the ratio to read, where the fits' wall times were taken minutes apart."""
+    import torch
+
+    from lightnet_vision.cli import build_cli
+
+    rounds, warmup = (2, 1) if fast else (ROUNDS, WARMUP)
+    rows = []
+    for pair in (CLASSIFIERS, DENOISERS):
+        steps = {}
+        for name in pair:
+            extra = ["--model.init_args.first_stage", first_stage] if name in DENOISERS else []
+            cli = build_cli(cli_args(name, fast, extra), run=False)
+            cli.datamodule.setup("fit")
+            images, labels = next(iter(cli.datamodule.train_dataloader()))
+            optimizer = torch.optim.AdamW(cli.model.model.parameters(), lr=1e-4)
+            steps[name] = (training_loss_of(name, cli.model, images, labels), optimizer, [])
+        for round_index in range(warmup + rounds):
+            for loss_of, optimizer, times in steps.values():
+                start = time.perf_counter()
+                optimizer.zero_grad()
+                loss_of().backward()
+                optimizer.step()
+                if round_index >= warmup:
+                    times.append(time.perf_counter() - start)
+        rows += [{"model": name, "step_ms": 1000 * sorted(t)[len(t) // 2]} for name, (_, _, t) in steps.items()]
+    return rows
+
+
 def run_job(job: str, fast: bool, first_stage: str | None) -> dict | list[dict]:
+    if job == "step_times":
+        return step_times(first_stage, fast)
     if job in CLASSIFIERS:
         return run_classifier(job, fast)
     if job == "autoencoder":
@@ -231,7 +277,9 @@ def describe(command: str) -> dict[str, str]:
         "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
         "threads": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "versions": versions,
-        "fit_s": "wall time of trainer.fit alone, one fit at a time; other jobs may share the machine: read the ratio",
+        "fit_s": "wall time of trainer.fit alone, one fit at a time, minutes apart; other jobs may share the machine",
+        "step_ms": "median ms of one training step (forward, backward, AdamW) on one batch of the config's data, the "
+        "two models of a pair alternating in one process: the ratio to read",
         "peak_rss_mib": "peak RSS of the fitting process (fresh per fit: libraries, data, model, optimiser, "
         "activations)",
         "saved_kib_per_image": "KiB per image the backward keeps in a training-mode forward of one batch "
@@ -265,9 +313,9 @@ def shown(value) -> str:
 def markdown(rows: list[dict]) -> str:
     """The table of docs/peers.md: one line per model, the ratios LightNet / peer under each pair."""
     lines = [
-        "| model | params (M) | test top-1 | agreement | precision | recall | variety | fit (s) | peak RSS (MiB) "
-        "| saved KiB/image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params (M) | test top-1 | agreement | precision | recall | variety | fit (s) | step (ms) "
+        "| peak RSS (MiB) | saved KiB/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_name = {row["model"]: row for row in rows}
     for row in rows:
@@ -275,13 +323,13 @@ def markdown(rows: list[dict]) -> str:
             continue
         cells = [row["model"], row.get("params_m")]
         cells += [row.get(key) for key in ("test_top1", "agreement", "precision", "recall", "variety")]
-        cells += [row.get(key) for key in ("fit_s", "peak_rss_mib", "saved_kib_per_image")]
+        cells += [row.get(key) for key in ("fit_s", "step_ms", "peak_rss_mib", "saved_kib_per_image")]
         lines.append("| " + " | ".join(shown(cell) for cell in cells) + " |")
     for lightnet, peer in (("lightnet", "deit"), ("lightnet_dit", "diffusers_dit")):
         if lightnet in by_name and peer in by_name:
             ratios = [
                 by_name[lightnet][key] / by_name[peer][key]
-                for key in ("params_m", "fit_s", "peak_rss_mib", "saved_kib_per_image")
+                for key in ("params_m", "fit_s", "step_ms", "peak_rss_mib", "saved_kib_per_image")
             ]
             cells = [f"{lightnet} / {peer}", ratios[0], *[None] * 5, *ratios[1:]]
             lines.append("| " + " | ".join(f"*{shown(cell)}*" if cell else "" for cell in cells) + " |")
@@ -312,6 +360,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (autoencoder,) = spawn("autoencoder", args.fast)
     first_stage = autoencoder["checkpoint"]
     rows += [row for name in DENOISERS for row in spawn(name, args.fast, first_stage)]
+    times = {row["model"]: row["step_ms"] for row in spawn("step_times", args.fast, first_stage)}
+    rows = [row | ({"step_ms": times[row["model"]]} if row["model"] in times else {}) for row in rows]
     rows += spawn("reference", args.fast, first_stage)
     rows.append(autoencoder)
     checkpoints = {row["model"]: row["checkpoint"] for row in rows if "checkpoint" in row}
