@@ -8,13 +8,14 @@ and digits_deit.yaml, trained at 32², patch 8: a 4×4 grid): their checkpoints 
 runs/peers_quality/checkpoints.json when it exists, else trained here the same way. Each is evaluated on the same
 test digits resized to 24², 40², 48² and 64² (3×3 to 8×8 patches):
 
-- **zero-shot**: the 32² weights as they are. LightNet's MD-TPE and MD-LRPE are relative and take any grid
-  (arXiv 2405.21022, §3; docs/method.md); DeiT's learned position table is resampled to the new grid by timm
+- **zero-shot**: the 32² weights as they are (the best `val/acc1` checkpoint's EMA weights, which `make demo`
+  tests; the fit's final EMA weights, last.ckpt, are tested at 32² too). LightNet's MD-TPE and MD-LRPE are relative
+  and take any grid (docs/method.md); DeiT's learned position table is resampled to the new grid by timm
   (`dynamic_img_size`: bicubic interpolation of the 4×4 table);
 - **fine-tuned**: then a few epochs (`--epochs`, default 5) at the new size with the same recipe (AdamW, weight decay,
   label smoothing, augmentation, drop path) at a tenth of the learning rate, cosine decay without warm-up, and
-  without the EMA (at decay 0.995 an average over about a hundred steps would still hold most of the starting
-  weights); the final weights are tested. DeiT starts from its table interpolated as above.
+  without the EMA (at decay 0.995 an average over about a hundred steps would still hold more than half of the
+  starting weights); the final weights are tested. DeiT starts from its table interpolated as above.
 
 The denoisers (where cheap): the two of peers_quality.py (LightNet-DiT and diffusers' DiT, trained on 4×4 latents
 of 16² digits) sample 20 digits per class on 4×4, 6×6 and 8×8 latents (16², 24², 32² images), scored as
@@ -121,6 +122,12 @@ def classifier_rows(name: str, checkpoint: str, epochs: int, fast: bool) -> list
         rows.append(base | {"mode": "trained" if size == TRAINED_SIZE else "zero-shot"})
         rows[-1]["test_top1"] = test_accuracy(cli.model, cli.datamodule)
         if size == TRAINED_SIZE:
+            # The fit's final EMA weights beside the best val/acc1 checkpoint: how much the selection matters.
+            last = Path(checkpoint).with_name("last.ckpt")
+            if last.is_file():
+                load_at_size(cli.model, str(last), grid)
+                final = test_accuracy(cli.model, cli.datamodule)
+                rows.append(base | {"mode": "trained, final weights (last.ckpt)", "test_top1": final})
             continue
         start = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -177,10 +184,14 @@ def markdown(rows: list[dict]) -> str:
                         if r["model"] == name
                         and r["size"] == size
                         and (r["mode"].startswith(mode) or (r["mode"] == "trained" and mode == "zero-shot"))
+                        and "last.ckpt" not in r["mode"]
                     ]
                     cells.append(f"{found[0]:.2%}" if found else "")
             grid = size // PATCH
             lines.append(f"| {size}² ({grid}×{grid}) | " + " | ".join(cells) + " |")
+        for r in classifier:
+            if "last.ckpt" in r["mode"]:
+                lines.append(f"\n{r['model']} at {r['size']}², {r['mode']}: {r['test_top1']:.2%}")
     denoiser = [row for row in rows if row["family"] == "denoiser"]
     if denoiser:
         lines += ["", "| denoiser | image (latent grid) | mode | agreement | precision | recall | variety |"]
