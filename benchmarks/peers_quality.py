@@ -7,7 +7,8 @@ The same command, data, recipe, seed and budget for both sides of each pair; onl
 
 - classifiers: configs/classification/digits.yaml (LightNet) and the same composed with digits_deit.yaml (timm's
   VisionTransformer at the same patch, width, depth and heads). Quality: test top-1 of the checkpoint `make demo`
-  tests (the best `val/acc1` checkpoint, its EMA weights; `classify()` in lightnet_vision/demo.py).
+  tests (the best checkpoint by the config's monitored metric, its EMA weights; `classify()` in
+  lightnet_vision/demo.py).
 - denoisers: configs/diffusion/digits.yaml (LightNet-DiT) and the same composed with digits_dit.yaml (diffusers'
   DiT through lightnet_vision.models.DiffusersDiT), both on one autoencoder fitted once by
   configs/autoencoder/digits.yaml. Quality: 500 samples (50 per class, the seeds of `make demo-generate`) scored by
@@ -110,7 +111,7 @@ def run_classifier(name: str, fast: bool) -> dict:
 
     cli = build_cli(cli_args(name, fast), run=False)
     fit_s = fit(cli)
-    best = cli.trainer.checkpoint_callback.best_model_path
+    best = cli.trainer.checkpoint_callback.best_model_path  # the first ModelCheckpoint's: the one make demo tests
     cli.model.load_state_dict(load_checkpoint(best)["state_dict"])  # the EMA weights, as classify() loads them
     accuracy = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]["test/acc1"]
     backbone = cli.model.model
@@ -121,6 +122,7 @@ def run_classifier(name: str, fast: bool) -> dict:
         "backbone": f"{type(backbone).__module__}.{type(backbone).__name__}",
         "params_m": parameters_m(backbone),
         "test_top1": accuracy,
+        "monitor": cli.trainer.checkpoint_callback.monitor,
         "fit_s": fit_s,
         "saved_kib_per_image": saved_kib_per_image(backbone, lambda: backbone(images), len(images)),
         "checkpoint": best,
@@ -267,7 +269,7 @@ def spawn(job: str, fast: bool, first_stage: str | None = None) -> list[dict]:
     return json.loads(result.read_text())
 
 
-def describe(command: str) -> dict[str, str]:
+def describe(command: str, monitor: str | None = None) -> dict[str, str]:
     from benchmarks.report import cpu_model
 
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "timm", "diffusers", "lightning"))
@@ -284,7 +286,8 @@ def describe(command: str) -> dict[str, str]:
         "activations)",
         "saved_kib_per_image": "KiB per image the backward keeps in a training-mode forward of one batch "
         "(benchmarks/saved_bytes.py), without parameters",
-        "quality": "classifiers: test top-1 of the best val/acc1 checkpoint's EMA weights; denoisers: 500 samples "
+        "quality": "classifiers: test top-1 of the EMA weights of the best checkpoint by the config's monitor "
+        f"({monitor}); denoisers: 500 samples "
         "scored by lightnet_vision.demo.score_digit_samples against the real training digits",
     }
 
@@ -366,7 +369,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows.append(autoencoder)
     checkpoints = {row["model"]: row["checkpoint"] for row in rows if "checkpoint" in row}
     CHECKPOINTS.write_text(json.dumps(checkpoints, indent=1))
-    write_csv(rows, describe(command), output)
+    write_csv(rows, describe(command, rows[0].get("monitor")), output)
     print(f"\n{markdown(rows)}\n\nwritten: {output}")
     return rows
 

@@ -8,7 +8,7 @@ and digits_deit.yaml, trained at 32², patch 8: a 4×4 grid): their checkpoints 
 runs/peers_quality/checkpoints.json when it exists, else trained here the same way. Each is evaluated on the same
 test digits resized to 24², 40², 48² and 64² (3×3 to 8×8 patches):
 
-- **zero-shot**: the 32² weights as they are (the best `val/acc1` checkpoint's EMA weights, which `make demo`
+- **zero-shot**: the 32² weights as they are (the EMA weights of the checkpoint `make demo`
   tests; the fit's final EMA weights, last.ckpt, are tested at 32² too). LightNet's MD-TPE and MD-LRPE are relative
   and take any grid (docs/method.md); DeiT's learned position table is resampled to the new grid by timm
   (`dynamic_img_size`: bicubic interpolation of the 4×4 table);
@@ -122,7 +122,7 @@ def classifier_rows(name: str, checkpoint: str, epochs: int, fast: bool) -> list
         rows.append(base | {"mode": "trained" if size == TRAINED_SIZE else "zero-shot"})
         rows[-1]["test_top1"] = test_accuracy(cli.model, cli.datamodule)
         if size == TRAINED_SIZE:
-            # The fit's final EMA weights beside the best val/acc1 checkpoint: how much the selection matters.
+            # The fit's final EMA weights beside the selected checkpoint: how much the selection matters.
             last = Path(checkpoint).with_name("last.ckpt")
             if last.is_file():
                 load_at_size(cli.model, str(last), grid)
@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in DENOISERS:
             rows += denoiser_rows(name, checkpoints[name], checkpoints["autoencoder"], args.fast)
     description = describe(command)
-    description["fit_s"] = "s: wall time of one fine-tuning fit; other jobs may share the machine"
-    for key in ("peak_rss_mib", "saved_kib_per_image"):
+    for key in ("fit_s", "step_ms", "peak_rss_mib", "saved_kib_per_image"):
         del description[key]
+    description["s"] = "wall time of one fine-tuning fit; other jobs may share the machine"
     description["quality"] = (
         "classifiers: top-1 on the 270 test digits resized to the size; denoisers: 200 samples (20 per class) "
         "scored by lightnet_vision.demo.score_digit_samples against the real training digits at the samples' size"
