@@ -27,9 +27,16 @@ CONFIGS = [
 
 def config_files(config: Path) -> list[Path]:
     """The files of a config, in command-line order: a size file in `<name>/` follows the recipe `<name>.yaml`
-    (`--config configs/classification/imagenet.yaml --config configs/classification/imagenet/lightnet_small.yaml`)."""
+    (`--config configs/classification/imagenet.yaml --config configs/classification/imagenet/lightnet_small.yaml`),
+    and a peer file `<name>_<peer>.yaml` that swaps only the backbone (no `data` of its own) follows `<name>.yaml`
+    (`--config configs/classification/digits.yaml --config configs/classification/digits_deit.yaml`)."""
     recipe = config.parent.with_suffix(".yaml")
-    return [recipe, config] if recipe.is_file() else [config]
+    if recipe.is_file():
+        return [recipe, config]
+    peer_of = config.with_name(config.name.rsplit("_", 1)[0] + ".yaml")
+    if "_" in config.stem and peer_of.is_file() and "data" not in yaml.safe_load(config.read_text()):
+        return [peer_of, config]
+    return [config]
 
 
 def config_value(config: Path, *keys: str, default=None):
@@ -98,7 +105,9 @@ def check_classification(cli) -> None:
     assert backbone.embed_dim == 16 and len(backbone.blocks) == 1
     assert backbone.num_classes == data.num_classes
     assert backbone.in_chans == data.in_chans == backbone.patch_embed.proj.in_channels
-    assert backbone.img_size == data.image_size
+    # LightNet keeps the data's image size as img_size, timm's ViT in its patch embedding.
+    img_size = backbone.img_size if hasattr(backbone, "img_size") else backbone.patch_embed.img_size[0]
+    assert img_size == data.image_size
     assert task.class_names == data.class_names
     if isinstance(data, ImageFolderDataModule):
         assert data.class_names == ["ant", "cat", "zebra"]
@@ -125,7 +134,10 @@ def check_autoencoder(cli) -> None:
 def check_diffusion(cli) -> None:
     data, task, denoiser = cli.datamodule, cli.model, cli.model.model
     assert isinstance(task, LatentDiffusion)
-    assert denoiser.x_embedder.proj.out_channels == 16 and len(denoiser.blocks) == 1
+    if hasattr(denoiser, "dit"):  # diffusers' DiT through DiffusersDiT (configs/diffusion/digits_dit.yaml)
+        assert denoiser.dit.inner_dim == 16 and len(denoiser.dit.transformer_blocks) == 1
+    else:
+        assert denoiser.x_embedder.proj.out_channels == 16 and len(denoiser.blocks) == 1
     info = data.data_info
     assert denoiser.num_classes == info.num_classes
     assert task.data_info == info and task.class_names == info.class_names
