@@ -16,7 +16,7 @@ BENCH_ARGS ?=
 # count once `git add`ed); outside a git checkout, the package, the tests and the benchmarks.
 LINT_FILES = $(or $(wildcard $(shell git ls-files '*.py' 2>/dev/null)),lightnet_vision tests benchmarks)
 
-.PHONY: install demo demo-generate test test-fast lint bench quality-peers clean
+.PHONY: install demo demo-generate test test-fast lint bench quality-peers quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench: $(BENCH_STAMP)
 quality-peers: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/peers_quality.py
 	$(BIN)/python benchmarks/resolution_transfer.py
+
+# Every learning-quality table (docs/results.md, docs/peers.md): the generation quickstart's sample quality (trains
+# it first when no run exists), the demo's checkpoint rule over three seeds, then the peers and resolution transfer.
+quality: quality-peers
+	$(BIN)/python benchmarks/sample_quality.py
+	$(BIN)/python benchmarks/demo_selection.py
 
 lint: $(STAMP)
 	@echo "ruff check and ruff format --check on $(words $(LINT_FILES)) paths"
