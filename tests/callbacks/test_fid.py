@@ -30,7 +30,7 @@ class EchoGenerator(LightningModule):
     def generate(self, labels, num_samples=None, generator=None, **unused):
         if not self.collapse:
             return self.batch_images
-        for image, label in zip(self.batch_images, labels.tolist()):
+        for image, label in zip(self.batch_images, labels.tolist(), strict=True):
             self.fixed.setdefault(label, image)
         return torch.stack([self.fixed[label] for label in labels.tolist()])
 
