@@ -292,17 +292,18 @@ def describe(command: str, monitor: str | None = None) -> dict[str, str]:
     }
 
 
-def write_csv(rows: list[dict], description: dict[str, str], path: Path) -> None:
+def write_csv(rows: list[dict], description: dict[str, str], path: Path, columns: list[str] = COLUMNS) -> None:
+    """`rows` under `#`-prefixed description lines, one column per name in `columns`."""
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         for key, value in description.items():
             handle.write(f"# {key}: {value}\n")
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: shown(row.get(key)) for key in COLUMNS})
+            writer.writerow({key: shown(row.get(key)) for key in columns})
 
 
 def shown(value) -> str:

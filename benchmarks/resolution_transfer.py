@@ -48,6 +48,7 @@ from benchmarks.peers_quality import (
     describe,
     shown,
     spawn,
+    write_csv,
 )
 
 RUN_ROOT = Path("runs/resolution_transfer")
@@ -202,19 +203,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], description: dict[str, str], path: Path) -> None:
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        for key, value in description.items():
-            handle.write(f"# {key}: {value}\n")
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: shown(row.get(key)) for key in COLUMNS})
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs at each new size")
@@ -250,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "classifiers: top-1 on the 270 test digits resized to the size; denoisers: 200 samples (20 per class) "
         "scored by lightnet_vision.demo.score_digit_samples against the real training digits at the samples' size"
     )
-    write_csv(rows, description, output)
+    write_csv(rows, description, output, COLUMNS)
     print(f"\n{markdown(rows)}\n\nwritten: {output}")
     return rows
 
